@@ -1,0 +1,3 @@
+"""Calibration datasets and observers (filled in by the calibration issue)."""
+
+__all__: list[str] = []

@@ -1,0 +1,168 @@
+"""GraphIndex, NameAllocator, constant lookup, topological sort, removal and rewiring."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from _helpers import assert_equivalent, op_counts, run_ort
+from passes._graph import (
+    GraphIndex,
+    NameAllocator,
+    opset_version,
+    remove_nodes,
+    replace_uses,
+    topological_sort,
+)
+
+CHAIN = """
+<ir_version: 8, opset_import: ["" : 13]>
+chain (float[2, 3] x) => (float[2, 3] z) <float[3] bias = {1.0, 2.0, 3.0}>
+{
+    two = Constant <value_float = 2.0> ()
+    y = Mul(x, two)
+    i = Identity(y)
+    s = Add(i, bias)
+    z = Relu(s)
+}
+"""
+
+
+def _chain() -> onnx.ModelProto:
+    model = onnx.parser.parse_model(CHAIN)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _if_model() -> onnx.ModelProto:
+    """y = If(cond, then: x * w, else: x) — both branches read outer values x and w."""
+    w = numpy_helper.from_array(np.array([1.5, -2.0, 0.5], dtype=np.float32), "w")
+    then_g = helper.make_graph(
+        [helper.make_node("Mul", ["x", "w"], ["t_out"])], "then", [],
+        [helper.make_tensor_value_info("t_out", onnx.TensorProto.FLOAT, [3])],
+    )
+    else_g = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["e_out"])], "else", [],
+        [helper.make_tensor_value_info("e_out", onnx.TensorProto.FLOAT, [3])],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("Neg", ["x_in"], ["x"]),
+            helper.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g),
+        ],
+        "if_model",
+        [
+            helper.make_tensor_value_info("x_in", onnx.TensorProto.FLOAT, [3]),
+            helper.make_tensor_value_info("cond", onnx.TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [3])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_index_maps_producers_consumers_and_constants() -> None:
+    model = _chain()
+    index = GraphIndex.build(model.graph)
+    assert index.producer["y"].op_type == "Mul"
+    assert [(n.op_type, slot) for n, slot in index.consumers["two"]] == [("Mul", 1)]
+    assert index.graph_inputs == {"x"}
+    assert index.graph_outputs == {"z"}
+    assert set(index.initializers) == {"bias"}
+    np.testing.assert_array_equal(index.constant("bias"), [1.0, 2.0, 3.0])
+    assert index.constant("two") == np.float32(2.0)
+    assert index.constant("y") is None  # computed, not constant
+    assert index.use_count("z") == 1  # read only as a graph output
+    assert index.use_count("y") == 1
+
+
+def test_index_counts_reads_from_subgraphs() -> None:
+    model = _if_model()
+    index = GraphIndex.build(model.graph)
+    # x and w are read only inside the If branches, never as direct node inputs.
+    assert "x" not in index.consumers and "w" not in index.consumers
+    assert [n.op_type for n in index.users("x")] == ["If", "If"]  # one per branch
+    assert index.use_count("w") == 1
+
+
+def test_name_allocator_avoids_every_name_in_the_model_and_its_subgraphs() -> None:
+    model = _if_model()
+    names = NameAllocator(model.graph)
+    assert names.fresh("t_out") == "t_out__1"  # t_out exists only in a subgraph
+    assert names.fresh("t_out") == "t_out__2"
+    assert names.fresh("brand new") == "brand_new"
+    assert names.fresh("brand new") == "brand_new__1"
+    names.reserve("k")
+    assert names.fresh("k") == "k__1"
+
+
+def test_replace_uses_and_remove_nodes_keep_the_numbers() -> None:
+    model = _chain()
+    before = onnx.ModelProto()
+    before.CopyFrom(model)
+    index = GraphIndex.build(model.graph)
+    identity = index.producer["i"]
+    assert replace_uses(model.graph, "i", "y") == 1
+    assert remove_nodes(model.graph, [identity]) == 1
+    onnx.checker.check_model(model, full_check=True)
+    assert op_counts(model) == {"Constant": 1, "Mul": 1, "Add": 1, "Relu": 1}
+    assert_equivalent(before, model)
+
+
+def test_replace_uses_reaches_into_subgraphs_and_respects_shadowing() -> None:
+    model = _if_model()
+    before = onnx.ModelProto()
+    before.CopyFrom(model)
+    # Insert x2 = Identity(x) and make everything (including branches) read x2 instead.
+    model.graph.node.insert(1, helper.make_node("Identity", ["x"], ["x2"]))
+    replace_uses(model.graph, "x", "x2")
+    model.graph.node[1].input[0] = "x"  # the new Identity itself still reads x
+    onnx.checker.check_model(model, full_check=True)
+    branch_inputs = {i for n in model.graph.node[2].attribute for sub in [n.g] for m in sub.node for i in m.input}
+    assert "x2" in branch_inputs and "x" not in branch_inputs
+    feeds = {"x_in": np.array([1.0, 2.0, 3.0], np.float32)}
+    for cond in (True, False):
+        feeds["cond"] = np.array(cond)
+        assert_equivalent(before, model, feeds)
+
+
+def test_topological_sort_restores_order_and_detects_cycles() -> None:
+    model = _chain()
+    before = onnx.ModelProto()
+    before.CopyFrom(model)
+    nodes = list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(reversed(nodes))
+    with pytest.raises(onnx.checker.ValidationError):
+        onnx.checker.check_model(model)
+    topological_sort(model.graph)
+    onnx.checker.check_model(model, full_check=True)
+    assert_equivalent(before, model)
+
+    cyc = onnx.parser.parse_model(
+        '<ir_version: 8, opset_import: ["" : 13]> g (float[1] x) => (float[1] b) { a = Add(x, b) b = Relu(a) }'
+    )
+    with pytest.raises(ValueError, match="cycle"):
+        topological_sort(cyc.graph)
+
+
+def test_topological_sort_orders_subgraph_reads() -> None:
+    model = _if_model()
+    nodes = list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(reversed(nodes))  # If (reads x in its branches) before Neg
+    topological_sort(model.graph)
+    assert [n.op_type for n in model.graph.node] == ["Neg", "If"]
+    out = run_ort(model, {"x_in": np.ones(3, np.float32), "cond": np.array(True)})
+    np.testing.assert_allclose(out["y"], [-1.5, 2.0, -0.5])
+
+
+def test_opset_version() -> None:
+    model = _chain()
+    assert opset_version(model) == 13
+    assert opset_version(model, "ai.onnx") == 13
+    assert opset_version(model, "com.microsoft") is None
