@@ -1,0 +1,148 @@
+"""Run passes in order: copy once, check after each pass, optionally verify each numerically.
+
+Each pass is compared with *its own input* under *its own* tolerance, so a lossy pass is not
+judged by an exact pass's tolerance. Every failure is wrapped with the pass's name and the
+passes that ran before it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxslim.io import check_model
+from onnxslim.runtime import make_session, run_model
+from onnxslim.validate import tolerance_violation
+from passes._base import Pass, PassResult, RunContext
+from passes._errors import DataError, InvalidModelError, OnnxSlimError, PassError, VerificationError
+
+__all__ = ["StepReport", "PipelineReport", "run_pipeline"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepReport:
+    """What one pass did: its name, whether it changed the model, its stats, and verification."""
+
+    name: str
+    changed: bool
+    stats: Mapping[str, Any]
+    seconds: float
+    verified: str  # "passed", "not requested", "unchanged", or "skipped: <reason>"
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineReport:
+    """The steps in order and the final model."""
+
+    steps: tuple[StepReport, ...]
+    model: onnx.ModelProto
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (without the model)."""
+        return {"steps": [dataclasses.asdict(s) | {"stats": dict(s.stats)} for s in self.steps]}
+
+
+def _reference_outputs(
+    model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]]
+) -> list[dict[str, np.ndarray]] | str:
+    """Outputs of ``model`` on each feed, or the reason it could not be run."""
+    try:
+        session = make_session(model, graph_opt="disable")
+        return [run_model(session, f) for f in feeds]
+    except OnnxSlimError as err:
+        return f"skipped: the pass input cannot run on the verification inputs ({err})"
+
+
+def _verify(
+    pass_: Pass,
+    before: onnx.ModelProto,
+    after: onnx.ModelProto,
+    feeds: Sequence[Mapping[str, np.ndarray]],
+) -> str:
+    reference = _reference_outputs(before, feeds)
+    if isinstance(reference, str):
+        return reference
+    try:
+        session = make_session(after, graph_opt="disable")
+        candidate = [run_model(session, f) for f in feeds]
+    except OnnxSlimError as err:
+        raise VerificationError(f"pass '{pass_.name}' produced a model onnxruntime cannot run: {err}") from err
+    for i, (ref, cand) in enumerate(zip(reference, candidate)):
+        problem = tolerance_violation(ref, cand, pass_.tolerance)
+        if problem:
+            raise VerificationError(f"pass '{pass_.name}' changed the outputs (sample {i}): {problem}")
+    return "passed"
+
+
+def _apply(pass_: Pass, work: onnx.ModelProto, ctx: RunContext, before: list[str]) -> PassResult:
+    try:
+        pass_.check_input(work)
+        result = pass_.apply(work, ctx)
+    except OnnxSlimError as err:
+        if isinstance(err, PassError):
+            raise
+        raise PassError(pass_.name, before, str(err)) from err
+    except Exception as err:
+        raise PassError(pass_.name, before, f"internal error: {type(err).__name__}: {err}") from err
+    if not isinstance(result, PassResult):
+        raise TypeError(f"pass '{pass_.name}' returned {type(result).__name__}, not PassResult")
+    return result
+
+
+def run_pipeline(
+    model: onnx.ModelProto,
+    passes: Sequence[Pass],
+    ctx: RunContext,
+    *,
+    verify_feeds: Sequence[Mapping[str, np.ndarray]] | None = None,
+) -> PipelineReport:
+    """Run ``passes`` over a copy of ``model``; the caller's model is never modified.
+
+    Args:
+        model: the input model.
+        passes: the passes, in order.
+        ctx: the explicit run context handed to each pass.
+        verify_feeds: when given, each pass that changed the model is compared with its own
+            input on these samples under the pass's tolerance.
+
+    Raises:
+        PassError: a pass failed or produced a model that fails ``onnx.checker``; names the
+            pass and those before it.
+        VerificationError: a pass changed the outputs beyond its tolerance.
+    """
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    steps: list[StepReport] = []
+    for pass_ in passes:
+        names_before = [s.name for s in steps]
+        snapshot = None
+        if verify_feeds is not None:
+            snapshot = onnx.ModelProto()
+            snapshot.CopyFrom(work)
+        start = time.perf_counter()
+        result = _apply(pass_, work, ctx, names_before)
+        seconds = time.perf_counter() - start
+        work = result.model
+        try:
+            check_model(work, where="its output")
+        except InvalidModelError as err:
+            raise PassError(pass_.name, names_before, str(err)) from err
+        if snapshot is None:
+            verified = "not requested"
+        elif not result.changed:
+            verified = "unchanged"
+        elif not verify_feeds:
+            raise DataError("verification was requested with no samples")
+        else:
+            verified = _verify(pass_, snapshot, work, verify_feeds)
+        log.debug("pass %s: changed=%s stats=%s (%.2fs)", pass_.name, result.changed, result.stats, seconds)
+        steps.append(StepReport(pass_.name, result.changed, dict(result.stats), seconds, verified))
+    return PipelineReport(tuple(steps), work)

@@ -1,0 +1,544 @@
+"""Compare a candidate model with a reference model: numbers, task accuracy, gates.
+
+Two uses:
+
+- :func:`tolerance_violation` — does a rewrite keep each output within a pass's tolerance
+  (used by the pipeline's per-pass verification);
+- :func:`validate` — run both models on the same samples and report, per output, cosine
+  similarity, SQNR (dB), max/mean absolute error, top-1 agreement for class-score outputs,
+  exact match for integer outputs; labeled accuracy of both when the data has labels; a user's
+  task metric; and gates that turn the report into a pass/fail verdict.
+
+Per-output figures are accumulated as running sums, so memory does not grow with the number of
+samples (a user metric, which needs every output, is the exception and is documented so).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+
+from calibration.datasets import Dataset, IterableDataset, check_dataset, input_specs, open_dataset
+from onnxslim.io import load_model
+from onnxslim.report import markdown_table
+from onnxslim.runtime import make_session, run_model, synthesize_feeds
+from passes._base import Tolerance
+from passes._errors import DataError, OnnxSlimError
+
+__all__ = [
+    "SQNR_CAP_DB",
+    "OutputReport",
+    "AccuracyReport",
+    "ValidationReport",
+    "tolerance_violation",
+    "check_same_interface",
+    "validate",
+    "load_metric",
+]
+
+
+def tolerance_violation(
+    reference: Mapping[str, np.ndarray],
+    candidate: Mapping[str, np.ndarray],
+    tolerance: Tolerance,
+) -> str | None:
+    """Return why ``candidate`` is outside ``tolerance`` of ``reference``, or ``None`` if within.
+
+    Element-wise mode: ``|ref - cand| <= atol + rtol * max|ref|`` for every element (the scale is
+    the output's largest magnitude, so near-zero elements are not judged relatively). Cosine mode:
+    the cosine similarity of each flattened output is at least ``min_cosine``.
+    """
+    for name, ref in reference.items():
+        if name not in candidate:
+            return f"output '{name}' is missing"
+        cand = candidate[name]
+        if ref.shape != cand.shape:
+            return f"output '{name}' has shape {cand.shape}, expected {ref.shape}"
+        if not np.issubdtype(ref.dtype, np.floating):
+            if not np.array_equal(ref, cand):
+                return f"output '{name}' differs in {int(np.sum(ref != cand))} elements"
+            continue
+        r, c = ref.astype(np.float64).ravel(), cand.astype(np.float64).ravel()
+        finite = np.isfinite(r)
+        if not np.array_equal(finite, np.isfinite(c)):
+            return f"output '{name}' has non-finite values where the reference has none (or the reverse)"
+        r, c = r[finite], c[finite]
+        if r.size == 0:
+            continue
+        if tolerance.min_cosine is not None:
+            denom = np.linalg.norm(r) * np.linalg.norm(c)
+            cos = float(r @ c / denom) if denom > 0 else float(np.array_equal(r, c))
+            if cos < tolerance.min_cosine:
+                return f"output '{name}' cosine {cos:.6f} < {tolerance.min_cosine}"
+            continue
+        scale = float(np.max(np.abs(r)))
+        err = np.abs(r - c)
+        worst = int(np.argmax(err))
+        if err[worst] > tolerance.atol + tolerance.rtol * scale:
+            return (
+                f"output '{name}' max abs error {err[worst]:.3g} at flat index {worst} "
+                f"(ref {r[worst]:.6g}, got {c[worst]:.6g}, output scale {scale:.3g}, {tolerance.describe()})"
+            )
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Validation of a candidate model against a reference model on a dataset.
+
+#: SQNR reported when the candidate's outputs equal the reference's exactly (no noise at all);
+#: float32 rounding noise alone is typically 120-150 dB, so 200 dB means "identical".
+SQNR_CAP_DB = 200.0
+
+
+@dataclasses.dataclass
+class _OutputStats:
+    """Streaming sums for one output; memory does not grow with the number of samples."""
+
+    dtype: str
+    samples: int = 0
+    elements: int = 0
+    shape_mismatches: int = 0
+    sum_ref2: float = 0.0
+    sum_cand2: float = 0.0
+    sum_cross: float = 0.0
+    sum_err2: float = 0.0
+    sum_abs_err: float = 0.0
+    max_abs_err: float = 0.0
+    nonfinite: int = 0
+    equal_elements: int = 0
+    top1_agree: int = 0
+    top1_total: int = 0
+
+    def update(self, ref: np.ndarray, cand: np.ndarray, *, class_scores: bool) -> None:
+        self.samples += 1
+        if ref.shape != cand.shape:
+            self.shape_mismatches += 1
+            return
+        self.elements += ref.size
+        if not np.issubdtype(ref.dtype, np.floating):
+            self.equal_elements += int(np.sum(ref == cand))
+            return
+        r, c = ref.astype(np.float64).ravel(), cand.astype(np.float64).ravel()
+        bad = ~(np.isfinite(r) & np.isfinite(c))
+        if bad.any():
+            self.nonfinite += int(bad.sum())
+            r, c = r[~bad], c[~bad]
+        err = r - c
+        self.sum_ref2 += float(r @ r)
+        self.sum_cand2 += float(c @ c)
+        self.sum_cross += float(r @ c)
+        self.sum_err2 += float(err @ err)
+        self.sum_abs_err += float(np.abs(err).sum())
+        self.max_abs_err = max(self.max_abs_err, float(np.abs(err).max(initial=0.0)))
+        if class_scores:
+            agree = np.argmax(ref, axis=-1) == np.argmax(cand, axis=-1)
+            self.top1_agree += int(agree.sum())
+            self.top1_total += int(agree.size)
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputReport:
+    """Per-output comparison; float metrics are ``None`` for non-float outputs."""
+
+    name: str
+    dtype: str
+    samples: int
+    cosine: float | None
+    sqnr_db: float | None
+    max_abs_error: float | None
+    mean_abs_error: float | None
+    top1_agreement: float | None
+    exact_match: float | None
+    shape_mismatches: int
+    nonfinite: int
+
+
+def _finish(name: str, s: _OutputStats) -> OutputReport:
+    is_float = s.dtype.startswith("float") or s.dtype.startswith("bfloat")
+    if not is_float:
+        exact = s.equal_elements / s.elements if s.elements else None
+        return OutputReport(name, s.dtype, s.samples, None, None, None, None, None, exact, s.shape_mismatches, 0)
+    denom = (s.sum_ref2 * s.sum_cand2) ** 0.5
+    if denom > 0:
+        cosine = s.sum_cross / denom
+    else:
+        cosine = 1.0 if s.sum_err2 == 0 else 0.0
+    if s.sum_err2 == 0:
+        sqnr = SQNR_CAP_DB
+    elif s.sum_ref2 == 0:
+        sqnr = -SQNR_CAP_DB
+    else:
+        sqnr = min(SQNR_CAP_DB, 10.0 * float(np.log10(s.sum_ref2 / s.sum_err2)))
+    counted = s.elements - s.nonfinite
+    return OutputReport(
+        name,
+        s.dtype,
+        s.samples,
+        float(min(1.0, cosine)),
+        sqnr,
+        s.max_abs_err if counted else None,
+        s.sum_abs_err / counted if counted else None,
+        s.top1_agree / s.top1_total if s.top1_total else None,
+        None,
+        s.shape_mismatches,
+        s.nonfinite,
+    )
+
+
+def _looks_like_class_scores(output: np.ndarray) -> bool:
+    """Rank-2 ``[N, C]`` float scores, or any rank ≥ 2 whose last axis is a softmax."""
+    if not np.issubdtype(output.dtype, np.floating) or output.ndim < 2 or output.shape[-1] < 2:
+        return False
+    if output.ndim == 2:
+        return True
+    if output.size == 0 or not np.all(np.isfinite(output)):
+        return False
+    in_unit = float(output.min()) >= 0.0 and float(output.max()) <= 1.0
+    return in_unit and bool(np.allclose(output.sum(axis=-1), 1.0, atol=1e-3))
+
+
+@dataclasses.dataclass(frozen=True)
+class AccuracyReport:
+    """Labeled top-1 accuracy of both models on one class-score output."""
+
+    output: str
+    labels: int
+    reference: float
+    candidate: float
+
+    @property
+    def drop(self) -> float:
+        """Reference minus candidate accuracy (fraction; 0.01 is one point)."""
+        return self.reference - self.candidate
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricReport:
+    """A user task metric (higher is better) of both models; ``headline`` is its first key."""
+
+    name: str
+    reference: Mapping[str, float]
+    candidate: Mapping[str, float]
+
+    @property
+    def headline(self) -> str:
+        """The key gates and drops are judged on."""
+        return next(iter(self.reference))
+
+    @property
+    def drop(self) -> float:
+        """Reference minus candidate on the headline key."""
+        return self.reference[self.headline] - self.candidate[self.headline]
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationReport:
+    """Everything :func:`validate` measured, the gates asked for and which failed."""
+
+    reference: str
+    candidate: str
+    data: str
+    samples: int
+    outputs: tuple[OutputReport, ...]
+    accuracy: AccuracyReport | None
+    metric: MetricReport | None
+    gates: Mapping[str, float]
+    failures: tuple[str, ...]
+    notes: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        """Whether every gate held."""
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (plain floats; SQNR of identical outputs is the documented cap)."""
+        out = dataclasses.asdict(self)
+        if self.accuracy:
+            out["accuracy"]["drop"] = self.accuracy.drop
+        if self.metric:
+            out["metric"] |= {"headline": self.metric.headline, "drop": self.metric.drop}
+        out["passed"] = self.passed
+        return out
+
+    def render(self) -> str:
+        """Markdown: a per-output table, accuracy and metric lines, notes and the verdict."""
+        rows = [
+            [o.name, o.dtype, _fmt(o.cosine, ".6f"), _fmt(o.sqnr_db, ".2f"), _fmt(o.max_abs_error, ".3g"),
+             _fmt(o.mean_abs_error, ".3g"), _fmt(o.top1_agreement, ".2%"), _fmt(o.exact_match, ".2%")]
+            for o in self.outputs
+        ]
+        lines = [
+            f"reference: {self.reference}",
+            f"candidate: {self.candidate}",
+            f"data: {self.data} ({self.samples} samples)",
+            "",
+            markdown_table(["output", "dtype", "cosine", "SQNR dB", "max abs err", "mean abs err", "top-1 agree", "exact"], rows),
+            "",
+        ]
+        if self.accuracy:
+            a = self.accuracy
+            lines.append(f"labeled accuracy ({a.output}, {a.labels} labels): reference {a.reference:.2%}, "
+                         f"candidate {a.candidate:.2%}, drop {a.drop * 100:+.2f} points")
+        if self.metric:
+            m = self.metric
+            for key in m.reference:
+                lines.append(f"metric {m.name} [{key}]: reference {m.reference[key]:.4f}, candidate {m.candidate[key]:.4f}")
+            lines.append(f"metric drop ({m.headline}): {m.drop:+.4f}")
+        lines += [f"note: {n}" for n in self.notes]
+        if self.gates:
+            verdict = "PASS" if self.passed else "FAIL"
+            lines.append(f"gates {', '.join(f'{k}={v:g}' for k, v in self.gates.items())}: {verdict}")
+            lines += [f"  failed: {f}" for f in self.failures]
+        return "\n".join(lines)
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def load_metric(spec: str) -> tuple[Callable[..., Any], Callable[..., Any] | None]:
+    """Import ``MODULE:FUNC``; also return the module's optional ``runner``.
+
+    The metric is called as ``func(candidate_outputs, reference_outputs, dataset)`` where the
+    outputs are lists of per-sample dicts in dataset order, and returns a float or a
+    ``dict[str, float]`` (higher is better; the first key is the headline). A module may define
+    ``runner(run, dataset) -> list[dict]`` for stateful models, where ``run(feeds) -> outputs``
+    runs one model once; it then replaces the plain one-run-per-sample loop.
+
+    Raises:
+        OnnxSlimError: the spec is malformed, the module cannot be imported, or the function
+            does not exist.
+    """
+    module_name, sep, func_name = spec.partition(":")
+    if not sep or not module_name or not func_name:
+        raise OnnxSlimError(f"--metric '{spec}' must be MODULE:FUNCTION, e.g. benchmarks.tasks.digits:metric")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise OnnxSlimError(f"--metric: cannot import module '{module_name}' ({err})") from err
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise OnnxSlimError(f"--metric: module '{module_name}' has no function '{func_name}'")
+    runner = getattr(module, "runner", None)
+    return func, runner if callable(runner) else None
+
+
+def _as_metric_dict(value: Any, spec: str) -> dict[str, float]:
+    if isinstance(value, Mapping):
+        if not value:
+            raise OnnxSlimError(f"--metric {spec} returned an empty dict")
+        return {str(k): float(v) for k, v in value.items()}
+    try:
+        return {"metric": float(value)}
+    except (TypeError, ValueError) as err:
+        raise OnnxSlimError(f"--metric {spec} returned {type(value).__name__}, not a number or dict") from err
+
+
+def _interface(model: onnx.ModelProto) -> tuple[dict[str, str], dict[str, str]]:
+    inputs = {s.name: str(s.dtype) for s in input_specs(model)}
+    outputs = {
+        o.name: str(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(o.type.tensor_type.elem_type)))
+        if o.type.tensor_type.elem_type else "non-tensor"
+        for o in model.graph.output
+    }
+    return inputs, outputs
+
+
+def check_same_interface(reference: onnx.ModelProto, candidate: onnx.ModelProto) -> None:
+    """Raise a one-line :class:`OnnxSlimError` when inputs/outputs differ in names or dtypes."""
+    for kind, ref, cand in zip(("input", "output"), _interface(reference), _interface(candidate)):
+        if list(ref) != list(cand):
+            only = sorted(set(ref) ^ set(cand))
+            detail = f"'{only[0]}' is only in the {'reference' if only[0] in ref else 'candidate'}" if only else "order differs"
+            raise OnnxSlimError(f"models have different {kind}s: {detail} (reference {list(ref)}, candidate {list(cand)})")
+        for name, dtype in ref.items():
+            if cand[name] != dtype:
+                raise OnnxSlimError(f"{kind} '{name}' is {dtype} in the reference but {cand[name]} in the candidate")
+
+
+@dataclasses.dataclass
+class _RunResult:
+    """What one pass over the data leaves: streaming stats, argmaxes, and kept outputs."""
+
+    stats: dict[str, _OutputStats] = dataclasses.field(default_factory=dict)
+    class_outputs: list[str] = dataclasses.field(default_factory=list)
+    ref_top1: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=dict)
+    cand_top1: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=dict)
+    ref_outputs: list[dict[str, np.ndarray]] = dataclasses.field(default_factory=list)
+    cand_outputs: list[dict[str, np.ndarray]] = dataclasses.field(default_factory=list)
+    count: int = 0
+
+    def add(self, ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], *, keep: bool) -> None:
+        if not self.stats:
+            self.class_outputs = [n for n, v in ref.items() if _looks_like_class_scores(v)]
+            self.stats = {n: _OutputStats(str(v.dtype)) for n, v in ref.items()}
+        for name, value in ref.items():
+            is_class = name in self.class_outputs
+            self.stats[name].update(value, cand[name], class_scores=is_class)
+            if is_class and value.ndim == 2 and value.shape == cand[name].shape:
+                self.ref_top1.setdefault(name, []).append(np.argmax(value, axis=-1))
+                self.cand_top1.setdefault(name, []).append(np.argmax(cand[name], axis=-1))
+        if keep:
+            self.ref_outputs.append(ref)
+            self.cand_outputs.append(cand)
+        self.count += 1
+
+    def accuracy(self, labels: np.ndarray | None, notes: list[str]) -> AccuracyReport | None:
+        """Top-1 accuracy of the first ``[N, C]`` class output against ``labels``."""
+        if labels is None:
+            return None
+        usable = [n for n in self.class_outputs if n in self.ref_top1]
+        if not usable:
+            notes.append("the data has labels but no output is [N, classes] scores; use --metric for this task")
+            return None
+        name = usable[0]
+        ref = np.concatenate(self.ref_top1[name])
+        cand = np.concatenate(self.cand_top1[name])
+        truth = np.asarray(labels).reshape(-1)[: len(ref)]
+        if len(truth) != len(ref):
+            notes.append(f"{len(truth)} labels for {len(ref)} predictions of '{name}'; accuracy not measured")
+            return None
+        return AccuracyReport(name, len(truth), float(np.mean(ref == truth)), float(np.mean(cand == truth)))
+
+
+def _run_all(
+    run_ref: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]],
+    run_cand: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]],
+    dataset: Dataset,
+    *,
+    limit: int,
+    keep: bool,
+    runner: Callable[..., Any] | None,
+    progress: Callable[[int, int], None] | None,
+) -> _RunResult:
+    """Run both models over the first ``limit`` samples (or through a task's own runner)."""
+    result = _RunResult()
+    if runner is not None:
+        ref_out = list(runner(run_ref, dataset))
+        cand_out = list(runner(run_cand, dataset))
+        if len(ref_out) != len(cand_out):
+            raise OnnxSlimError(f"metric runner gave {len(ref_out)} reference but {len(cand_out)} candidate results")
+        for ref, cand in zip(ref_out, cand_out):
+            result.add(ref, cand, keep=keep)
+        return result
+    for i, sample in enumerate(dataset):
+        if i >= limit:
+            break
+        result.add(run_ref(sample), run_cand(sample), keep=keep)
+        if progress:
+            progress(i + 1, limit)
+    return result
+
+
+def _gate_failures(
+    outputs: Sequence[OutputReport],
+    accuracy: AccuracyReport | None,
+    metric: MetricReport | None,
+    gates: Mapping[str, float],
+) -> list[str]:
+    failures = []
+    for out in outputs:
+        if out.shape_mismatches:
+            failures.append(f"output '{out.name}': shape differs in {out.shape_mismatches} samples")
+        if out.nonfinite and gates:
+            failures.append(f"output '{out.name}': {out.nonfinite} non-finite values")
+        if "min_sqnr" in gates and out.sqnr_db is not None and out.sqnr_db < gates["min_sqnr"]:
+            failures.append(f"output '{out.name}': SQNR {out.sqnr_db:.2f} dB < {gates['min_sqnr']:g} dB")
+        if "min_cosine" in gates and out.cosine is not None and out.cosine < gates["min_cosine"]:
+            failures.append(f"output '{out.name}': cosine {out.cosine:.6f} < {gates['min_cosine']:g}")
+    if "max_drop" in gates:
+        if accuracy is not None and accuracy.drop > gates["max_drop"]:
+            failures.append(f"labeled accuracy ('{accuracy.output}') dropped {accuracy.drop:.4f} > {gates['max_drop']:g}")
+        if metric is not None and metric.drop > gates["max_drop"]:
+            failures.append(f"metric {metric.headline} dropped {metric.drop:.4f} > {gates['max_drop']:g}")
+    return failures
+
+
+def validate(
+    reference: str | os.PathLike[str],
+    candidate: str | os.PathLike[str],
+    *,
+    data: str | os.PathLike[str] | Dataset | None = None,
+    samples: int | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    metric: str | None = None,
+    min_sqnr: float | None = None,
+    min_cosine: float | None = None,
+    max_drop: float | None = None,
+    graph_opt: str = "all",
+    threads: int = 0,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> ValidationReport:
+    """Run ``reference`` and ``candidate`` on the same samples and compare them.
+
+    Args:
+        reference: the trusted model (e.g. the fp32 export).
+        candidate: the model to judge (e.g. the quantized one).
+        data: a ``.npz`` / folder / :class:`Dataset`; ``None`` uses random inputs (``samples``
+            of them, default 8) and says so in the notes.
+        samples: use at most this many samples of ``data``.
+        shapes: dynamic dims for random inputs (``--shape``).
+        metric: ``MODULE:FUNC`` task metric (see :func:`load_metric`).
+        min_sqnr: gate: every float output's SQNR must reach this many dB.
+        min_cosine: gate: every float output's cosine similarity must reach this.
+        max_drop: gate: labeled accuracy drop and metric headline drop must not exceed this
+            (absolute, e.g. 0.01 = one point of accuracy).
+        graph_opt: onnxruntime graph optimization level for both (as deployed: ``all``).
+        threads: intra-op threads (0 = onnxruntime's choice).
+        seed: seed of random inputs.
+        progress: called with ``(done, total)`` after each sample.
+
+    Raises:
+        OnnxSlimError: a model cannot be loaded or run, the interfaces differ, the data does not
+            fit the models, or the metric fails to load.
+    """
+    ref_model, cand_model = load_model(reference), load_model(candidate)
+    check_same_interface(ref_model, cand_model)
+    specs = input_specs(ref_model)
+    notes: list[str] = []
+    if data is None:
+        count = samples or 8
+        rng = np.random.default_rng(seed)
+        dataset: Dataset = IterableDataset(synthesize_feeds(ref_model, rng=rng, shapes=shapes) for _ in range(count))
+        dataset.source = "random inputs"
+        notes.append(f"no --data: {count} random samples (standard normal floats); task accuracy is not measured")
+    else:
+        dataset = data if isinstance(data, Dataset) else open_dataset(data, specs)
+        check_dataset(dataset, specs)
+    metric_fn, runner = load_metric(metric) if metric else (None, None)
+    sessions = [make_session(m, threads=threads, graph_opt=graph_opt) for m in (ref_model, cand_model)]
+
+    def run_ref(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return run_model(sessions[0], feeds)
+
+    def run_cand(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return run_model(sessions[1], feeds)
+
+    limit = min(samples, len(dataset)) if samples else len(dataset)
+    result = _run_all(run_ref, run_cand, dataset, limit=limit, keep=metric_fn is not None,
+                      runner=runner, progress=progress)
+    metric_report = None
+    if metric_fn is not None:
+        ref_value = _as_metric_dict(metric_fn(result.ref_outputs, result.ref_outputs, dataset), metric)
+        cand_value = _as_metric_dict(metric_fn(result.cand_outputs, result.ref_outputs, dataset), metric)
+        metric_report = MetricReport(metric, ref_value, cand_value)
+    accuracy = result.accuracy(dataset.labels, notes)
+    gates = {k: v for k, v in (("min_sqnr", min_sqnr), ("min_cosine", min_cosine), ("max_drop", max_drop)) if v is not None}
+    outputs = tuple(_finish(name, s) for name, s in result.stats.items())
+    failures = _gate_failures(outputs, accuracy, metric_report, gates)
+    if max_drop is not None and accuracy is None and metric_report is None:
+        failures.append("--max-drop needs labels in the data or a --metric; neither is available")
+    if result.count == 0:
+        raise DataError(f"{dataset.source}: no samples were run")
+    return ValidationReport(
+        str(reference), str(candidate), dataset.source, result.count, outputs, accuracy, metric_report,
+        gates, tuple(failures), tuple(notes),
+    )
