@@ -1,0 +1,16 @@
+"""A tiny task metric for the validate tests: mean of the first output, and a runner variant."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def mean_output(candidate_outputs, reference_outputs, dataset):
+    """Higher is better: the mean value of output 'y' over all samples."""
+    return float(np.mean([out["y"].mean() for out in candidate_outputs]))
+
+
+def two_keys(candidate_outputs, reference_outputs, dataset):
+    """A dict metric; the first key is the headline."""
+    diffs = [np.abs(c["y"] - r["y"]).max() for c, r in zip(candidate_outputs, reference_outputs)]
+    return {"closeness": -float(np.max(diffs)), "count": float(len(candidate_outputs))}
