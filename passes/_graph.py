@@ -8,8 +8,9 @@ so that a rewrite of the main graph never renames or removes something a subgrap
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import re
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -102,6 +103,8 @@ class GraphIndex:
         initializers: initializer name -> TensorProto.
         graph_inputs: names of the graph's inputs (excluding initializers).
         graph_outputs: names of the graph's outputs.
+        overridable: initializers also listed as graph inputs — defaults the caller may
+            replace at run time, so they are not constants.
     """
 
     graph: onnx.GraphProto
@@ -111,6 +114,7 @@ class GraphIndex:
     initializers: dict[str, onnx.TensorProto]
     graph_inputs: set[str]
     graph_outputs: set[str]
+    overridable: set[str]
 
     @classmethod
     def build(cls, graph: onnx.GraphProto) -> GraphIndex:
@@ -129,14 +133,16 @@ class GraphIndex:
                 for name in subgraph_outer_inputs(sub):
                     subgraph_users[name].append(node)
         initializers = {t.name: t for t in graph.initializer}
+        listed_inputs = {v.name for v in graph.input}
         return cls(
             graph=graph,
             producer=producer,
             consumers=dict(consumers),
             subgraph_users=dict(subgraph_users),
             initializers=initializers,
-            graph_inputs={v.name for v in graph.input} - set(initializers),
+            graph_inputs=listed_inputs - set(initializers),
             graph_outputs={v.name for v in graph.output},
+            overridable=listed_inputs & set(initializers),
         )
 
     def users(self, name: str) -> list[onnx.NodeProto]:
@@ -149,7 +155,10 @@ class GraphIndex:
         return len(self.users(name)) + (1 if name in self.graph_outputs else 0)
 
     def constant(self, name: str) -> np.ndarray | None:
-        """The value of ``name`` if it is an initializer or a Constant node's output."""
+        """The value of ``name`` if it is a constant: an initializer that is not also a graph
+        input (those are overridable defaults), or a Constant node's output."""
+        if not name or name in self.overridable:
+            return None
         return constant_value(name, initializers=self.initializers, producer=self.producer)
 
 
@@ -233,15 +242,15 @@ def topological_sort(graph: onnx.GraphProto) -> None:
         waiting_on[i] = deps
         for d in deps:
             dependents[d].append(i)
-    ready = deque(i for i in range(len(nodes)) if not waiting_on[i])
+    ready = [i for i in range(len(nodes)) if not waiting_on[i]]  # a heap: lowest index first
     order: list[int] = []
     while ready:
-        i = ready.popleft()
+        i = heapq.heappop(ready)
         order.append(i)
         for j in dependents[i]:
             waiting_on[j].discard(i)
             if not waiting_on[j]:
-                ready.append(j)
+                heapq.heappush(ready, j)
     if len(order) != len(nodes):
         raise ValueError("graph has a cycle")
     if order != list(range(len(nodes))):

@@ -150,6 +150,43 @@ def test_topological_sort_restores_order_and_detects_cycles() -> None:
         topological_sort(cyc.graph)
 
 
+def test_topological_sort_keeps_a_valid_order_unchanged() -> None:
+    model = onnx.parser.parse_model(
+        """
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (float[2] x) => (float[2] r, float[2] s)
+        {
+            a = Neg(x)
+            b = Abs(a)
+            r = Relu(b)
+            s = Sigmoid(b)
+        }
+        """
+    )
+    before = model.SerializeToString()
+    topological_sort(model.graph)
+    assert model.SerializeToString() == before  # stable: both orders are valid, keep the given one
+
+
+def test_initializer_listed_as_input_is_not_a_constant() -> None:
+    model = onnx.parser.parse_model(
+        """
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (float[2] x, float[2] w) => (float[2] y) <float[2] w = {1.0, 2.0}, float[2] k = {3.0, 4.0}>
+        {
+            t = Mul(x, w)
+            y = Add(t, k)
+        }
+        """
+    )
+    index = GraphIndex.build(model.graph)
+    assert index.overridable == {"w"} and index.graph_inputs == {"x"}
+    assert index.constant("w") is None  # the caller may feed another w
+    np.testing.assert_array_equal(index.constant("k"), [3.0, 4.0])
+    out = run_ort(model, {"x": np.ones(2, np.float32), "w": np.full(2, 5.0, np.float32)})
+    np.testing.assert_allclose(out["y"], [8.0, 9.0])  # ORT honours the override
+
+
 def test_topological_sort_orders_subgraph_reads() -> None:
     model = _if_model()
     nodes = list(model.graph.node)
