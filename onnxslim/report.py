@@ -1,11 +1,16 @@
-"""Rendering of report data as Markdown tables."""
+"""Rendering of report data as Markdown: tables, human-readable units, the model summary."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
-__all__ = ["markdown_table", "human_bytes", "human_count"]
+from onnxslim.summary import ModelSummary, TensorInfo
+
+__all__ = ["markdown_table", "human_bytes", "human_count", "render_summary"]
+
+_COUNT_UNITS = ("", " K", " M", " G", " T", " P")
+_BYTE_UNITS = (" B", " KiB", " MiB", " GiB", " TiB", " PiB")
 
 
 def _cell(value: Any) -> str:
@@ -16,46 +21,180 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A Markdown table with columns padded to equal width (readable in a terminal too)."""
-    cells = [[_cell(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    numeric = [all(_is_number(r[i]) for r in cells[1:]) and len(cells) > 1 for i in range(len(headers))]
-
-    def line(row: list[str]) -> str:
-        padded = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(row, widths, numeric)]
-        return "| " + " | ".join(padded) + " |"
-
-    rule = "|" + "|".join(("-" * (w + 1) + ":") if num else ("-" * (w + 2)) for w, num in zip(widths, numeric)) + "|"
-    return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
-
-
 def _is_number(text: str) -> bool:
-    stripped = text.replace(",", "").replace("%", "").replace("x", "").strip()
+    stripped = text.replace(",", "").replace("%", "").rstrip("x×").strip()
+    for unit in _COUNT_UNITS[1:] + _BYTE_UNITS:
+        stripped = stripped.removesuffix(unit)
     try:
         float(stripped)
     except ValueError:
-        return text in ("unknown", "-")
+        return text in ("unknown", "-", "—")
     return True
 
 
-def human_bytes(n: int | None) -> str:
-    """``1536`` → ``1.5 KiB``; ``None`` → ``unknown``."""
-    if n is None:
-        return "unknown"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
+def markdown_table(
+    headers: Sequence[str], rows: Sequence[Sequence[Any]], *, right: Collection[int] | None = None
+) -> str:
+    """A Markdown table padded to column width (readable in a terminal too).
+
+    Args:
+        headers: column titles.
+        rows: cell values; ``None`` renders as ``unknown``, floats with 4 significant digits.
+        right: indexes of right-aligned columns; by default every column whose cells are all
+            numbers (with thousands separators, ``%``, ``x`` or units) is right-aligned.
+    """
+    cells = [[_cell(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
+    if right is None:
+        right = {i for i in range(len(headers)) if len(cells) > 1 and all(_is_number(r[i]) for r in cells[1:])}
+    widths = [max(3, *(len(r[i]) for r in cells)) for i in range(len(headers))]
+
+    def line(row: list[str]) -> str:
+        return "| " + " | ".join(v.rjust(w) if i in right else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths))) + " |"
+
+    rule = ["-" * (w - 1) + ":" if i in right else "-" * w for i, w in enumerate(widths)]
+    return "\n".join([line(cells[0]), "| " + " | ".join(rule) + " |", *(line(r) for r in cells[1:])])
 
 
-def human_count(n: int | None) -> str:
+def _human(value: float, base: int, units: tuple[str, ...]) -> str:
+    """``416520`` -> ``416.5 K``; ``1.23e9`` -> ``1.23 G`` (two decimals below 10)."""
+    step = 0
+    while step < len(units) - 1 and round(value, 2 if value < 10 else 1) >= base:
+        value /= base
+        step += 1
+    if step == 0:
+        return f"{int(value)}{units[0]}"
+    return f"{value:.{2 if value < 10 else 1}f}{units[step]}"
+
+
+def human_count(value: int | None) -> str:
     """``416520`` → ``416.5 K``; ``None`` → ``unknown``."""
-    if n is None:
-        return "unknown"
-    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
-    return str(n)
+    return "unknown" if value is None else _human(value, 1000, _COUNT_UNITS)
+
+
+def human_bytes(value: int | None) -> str:
+    """``1536`` → ``1.50 KiB``; ``None`` → ``unknown``."""
+    return "unknown" if value is None else _human(value, 1024, _BYTE_UNITS)
+
+
+# ----------------------------------------------------------------------------- model summary
+
+_Shape = tuple[int | str | None, ...]
+
+
+def _shape_text(shape: _Shape | None) -> str:
+    if shape is None:
+        return "unknown rank"
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _render_model(s: ModelSummary) -> str:
+    producer = " ".join(p for p in (s.producer_name, s.producer_version) if p) or "(not recorded)"
+    lines = [
+        "## Model",
+        "",
+        f"- graph: {s.graph_name or '(unnamed)'}",
+        f"- IR version: {s.ir_version}",
+        f"- producer: {producer}",
+        "- opsets: " + (", ".join(f"{d} {v}" for d, v in s.opsets.items()) or "(none)"),
+    ]
+    if s.file_size is not None:
+        lines.append(f"- file size: {human_bytes(s.file_size)} ({s.file_size:,} bytes)")
+    nodes = f"- nodes: {s.node_count:,} in the main graph"
+    lines.append(nodes + (f", {s.subgraph_nodes:,} in subgraphs" if s.subgraph_nodes else ""))
+    return "\n".join(lines)
+
+
+def _render_values(title: str, values: tuple[TensorInfo, ...]) -> str:
+    if not values:
+        return f"## {title}\n\n(none)"
+    rows = [[v.name, v.dtype, _shape_text(v.shape)] for v in values]
+    return f"## {title}\n\n" + markdown_table(["name", "dtype", "shape"], rows, right=set())
+
+
+def _render_ops(s: ModelSummary) -> str:
+    if not s.op_counts:
+        return "## Ops\n\n(no nodes)"
+    rows = [[op, f"{n:,}"] for op, n in s.op_counts.items()]
+    rows.append(["total", f"{s.node_count:,}"])
+    return "## Ops (main graph)\n\n" + markdown_table(["op", "count"], rows, right={1})
+
+
+def _render_params(s: ModelSummary) -> str:
+    if not s.params_by_dtype:
+        return "## Parameters\n\n(none)"
+    rows = [[p.dtype, human_count(p.count), f"{p.count:,}", human_bytes(p.bytes)] for p in s.params_by_dtype]
+    total, size = s.total_params, s.total_param_bytes
+    rows.append(["total", human_count(total), f"{total:,}", human_bytes(size)])
+    return "## Parameters\n\n" + markdown_table(["dtype", "params", "exact", "size"], rows, right={1, 2, 3})
+
+
+def _mac_row(name: str, nodes: int, unknown: int | None, macs: int | None) -> list[str]:
+    human, exact = ("unknown", "—") if macs is None else (human_count(macs), f"{macs:,}")
+    return [name, str(nodes), *([] if unknown is None else [str(unknown)]), human, exact]
+
+
+def _render_macs(s: ModelSummary) -> str:
+    fixed = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in s.fixed_shapes.items())
+    title = f"## MACs ({s.macs_scope}" + (f", {fixed})" if fixed else ")")
+    if not s.macs_by_op:
+        text = f"{title}\n\nNo Conv, ConvTranspose, Gemm or MatMul in the main graph: 0 MACs."
+        return text + _subgraph_note(s)
+    show = s.macs_unknown_nodes > 0  # the "unknown" column only when it says something
+    headers = ["op", "nodes", *(["unknown"] if show else []), "MACs", "exact"]
+    rows = [
+        _mac_row(m.op_type, m.nodes, m.unknown_nodes if show else None, m.macs)
+        for m in s.macs_by_op
+    ]
+    nodes = sum(m.nodes for m in s.macs_by_op)
+    rows.append(_mac_row("total", nodes, s.macs_unknown_nodes if show else None, s.total_macs))
+    text = f"{title}\n\n" + markdown_table(headers, rows, right=set(range(1, len(headers))))
+    if show:
+        text += "\n\n" + _unknown_note(s)
+    return text + _subgraph_note(s)
+
+
+def _shape_example(shape: _Shape | None) -> str:
+    """``[batch, 3, None, 64]`` -> ``{batch}x3x{d3}x64``: what to write after ``--shape NAME=``."""
+    if not shape:
+        return "D1xD2…"
+    dims = enumerate(shape, 1)
+    return "x".join(str(d) if isinstance(d, int) else "{" + (d or f"d{i}") + "}" for i, d in dims)
+
+
+def _unknown_note(s: ModelSummary) -> str:
+    """Why some MACs are unknown, and what the user can do about it."""
+    known = f" Known part: {human_count(s.known_macs)} ({s.known_macs:,})." if s.known_macs else ""
+    dynamic = [
+        v for v in s.inputs
+        if v.name not in s.fixed_shapes
+        and (v.shape is None or not all(isinstance(d, int) for d in v.shape))
+    ]  # fmt: skip
+    if not dynamic:
+        return (
+            f"MACs are unknown for {s.macs_unknown_nodes} node(s): shape inference could not "
+            f"determine their dims (e.g. shapes computed inside If/Loop or by custom ops).{known}"
+        )
+    examples = " ".join(f"--shape {v.name}={_shape_example(v.shape)}" for v in dynamic[:3])
+    return (
+        f"MACs are unknown for {s.macs_unknown_nodes} node(s) with dynamic dims; "
+        f"fix them with e.g. {examples}.{known}"
+    )
+
+
+def _subgraph_note(s: ModelSummary) -> str:
+    if not s.subgraph_nodes:
+        return ""
+    return f"\n\nThe {s.subgraph_nodes:,} nodes inside subgraphs are not included."
+
+
+def render_summary(summary: ModelSummary) -> str:
+    """Render ``summary`` as Markdown: model facts, inputs, outputs, ops, parameters, MACs."""
+    sections = [
+        _render_model(summary),
+        _render_values("Inputs", summary.inputs),
+        _render_values("Outputs", summary.outputs),
+        _render_ops(summary),
+        _render_params(summary),
+        _render_macs(summary),
+    ]
+    return "\n\n".join(sections) + "\n"
