@@ -66,11 +66,11 @@ def _dims(value: onnx.ValueInfoProto) -> tuple[int | str | None, ...]:
         return ()
     out: list[int | str | None] = []
     for dim in tensor.shape.dim:
-        if dim.HasField("dim_value"):
+        if dim.HasField("dim_value") and dim.dim_value >= 0:
             out.append(int(dim.dim_value))
         elif dim.HasField("dim_param") and dim.dim_param:
             out.append(dim.dim_param)
-        else:
+        else:  # unnamed, or a negative dim_value (Paddle exports write -1 for dynamic)
             out.append(None)
     return tuple(out)
 

@@ -8,18 +8,17 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 
 from onnxslim import zoo
+from onnxslim.bench import BenchOptions, BenchReport, bench
 from onnxslim.io import load_model, refuse_overwrite, save_model
 from onnxslim.pipeline import PipelineReport, run_pipeline
 from onnxslim.report import human_bytes, markdown_table
-from onnxslim.runtime import synthesize_feeds
+from onnxslim.runtime import runnable_feeds
 from onnxslim.summary import ModelSummary, summarize
 from onnxslim.validate import ValidationReport, validate
 from passes._base import RunContext
-from passes._errors import DataError
 from passes.simplify import SimplifyOptions, SimplifyPass
 
 __all__ = [
@@ -27,9 +26,11 @@ __all__ = [
     "SimplifyReport",
     "inspect_model",
     "simplify_file",
-    "verification_feeds",
     "validate",
     "ValidationReport",
+    "bench",
+    "BenchOptions",
+    "BenchReport",
     "zoo_listing",
     "zoo_fetch",
 ]
@@ -103,25 +104,6 @@ class SimplifyReport:
         return "\n".join(lines)
 
 
-def verification_feeds(
-    model: onnx.ModelProto,
-    *,
-    shapes: Mapping[str, tuple[int, ...]] | None,
-    samples: int = 2,
-    seed: int = 0,
-) -> tuple[list[dict[str, np.ndarray]], str]:
-    """Random inputs for checking a rewrite, and a note saying how dynamic dims were set."""
-    rng = np.random.default_rng(seed)
-    try:
-        feeds = [synthesize_feeds(model, rng=rng, shapes=shapes) for _ in range(samples)]
-        return feeds, "random inputs"
-    except DataError as err:
-        if shapes and any(name in str(err) for name in ("unknown input", "fixed dim", "dims given")):
-            raise
-    feeds = [synthesize_feeds(model, rng=rng, shapes=shapes, default_dim=1) for _ in range(samples)]
-    return feeds, "random inputs, unset dynamic dims = 1 (give --shape to choose)"
-
-
 def simplify_file(
     input_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str],
@@ -139,7 +121,7 @@ def simplify_file(
     input_path, output_path = Path(input_path), Path(output_path)
     refuse_overwrite(output_path, input_path)  # fail before any work; save_model checks again
     model = load_model(input_path)
-    feeds, how = verification_feeds(model, shapes=shapes) if verify else (None, "")
+    feeds, how = runnable_feeds(model, shapes=shapes, samples=2) if verify else (None, "")
     passes = [SimplifyPass(options=SimplifyOptions(use_onnxsim=use_onnxsim))]
     report = run_pipeline(model, passes, RunContext(), verify_feeds=feeds)
     save_model(report.model, output_path, input_path=input_path)

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import click
 
 from onnxslim import __version__, api
+from onnxslim.bench import RUNTIMES, BenchOptions
 from onnxslim.runtime import parse_shape_option
 from passes._errors import OnnxSlimError
 
@@ -72,7 +73,9 @@ def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
 
 
 def _echo_err(message: str) -> None:
-    click.echo(message, err=True)
+    """Progress messages: on an interactive stderr only, so errors stay one line in logs."""
+    if sys.stderr.isatty():
+        click.echo(message, err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -151,6 +154,32 @@ def validate_cmd(reference: Path, candidate: Path, data: Path | None, samples: i
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.render())
     if not report.passed:
         raise click.ClickException(f"gate not met: {report.failures[0]}")
+
+
+@main.command("bench")
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--threads", "threads", multiple=True, type=click.IntRange(min=0), default=(0,), show_default=True,
+              help="Intra-op threads (repeatable: each setting is its own group of rows; 0 = runtime default).")
+@click.option("--runs", type=click.IntRange(min=1), default=100, show_default=True, help="Timed runs per model.")
+@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed runs per model first.")
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), help="Stop timing after this long (at least 10 rounds).")
+@click.option("--batch", type=click.IntRange(min=1), help="Value of each input's dynamic first dim.")
+@click.option("--shape", "shape", multiple=True, help=_SHAPE_HELP)
+@click.option("--graph-opt", type=click.Choice(["disable", "basic", "extended", "all"]), default="all", show_default=True,
+              help="onnxruntime graph optimization level.")
+@click.option("--runtime", "runtimes", multiple=True, type=click.Choice(list(RUNTIMES)), default=("onnxruntime",),
+              show_default=True, help="Engine (repeatable); openvino is an optional extra, skipped with a note if missing.")
+@click.option("--no-isolate", is_flag=True, help="Skip the per-model subprocesses (no session-creation time or peak RSS).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@_errors_to_exit_code
+def bench_cmd(models: tuple[Path, ...], threads: tuple[int, ...], runs: int, warmup: int, seconds: float | None,
+              batch: int | None, shape: tuple[str, ...], graph_opt: str, runtimes: tuple[str, ...], no_isolate: bool,
+              as_json: bool) -> None:
+    """Latency, throughput, session creation and peak RSS of MODELs, interleaved in one run."""
+    options = BenchOptions(runs=runs, warmup=warmup, seconds=seconds, batch=batch, shapes=_shapes(shape),
+                           graph_opt=graph_opt, threads=threads, runtimes=runtimes, isolate=not no_isolate)
+    report = api.bench(models, options, progress=_echo_err)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.render())
 
 
 @main.group()

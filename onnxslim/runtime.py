@@ -24,6 +24,8 @@ __all__ = [
     "make_session",
     "run_model",
     "synthesize_feeds",
+    "runnable_feeds",
+    "DIM_FILLS",
 ]
 
 GRAPH_OPT_LEVELS = {
@@ -67,7 +69,7 @@ def make_session(
         OnnxSlimError: onnxruntime refuses the model (its reason is in the message).
     """
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # fatal only: failures reach the caller as exceptions
     opts.graph_optimization_level = GRAPH_OPT_LEVELS[graph_opt]
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -113,49 +115,109 @@ def _random_array(dtype: np.dtype, shape: tuple[int, ...], rng: np.random.Genera
     raise DataError(f"cannot synthesize inputs of dtype {dtype}")
 
 
+def _fixed_shape(spec: InputSpec, shape: Sequence[int]) -> tuple[int, ...]:
+    shape = tuple(int(d) for d in shape)
+    if len(spec.dims) and len(shape) != len(spec.dims):
+        raise DataError(f"--shape {spec.name}: {len(shape)} dims given, the input has {len(spec.dims)} ({spec.shape_text()})")
+    for want, got in zip(spec.dims, shape):
+        if isinstance(want, int) and want != got:
+            raise DataError(f"--shape {spec.name}: fixed dim {want} given as {got} ({spec.shape_text()})")
+    return shape
+
+
+def _filled_shape(spec: InputSpec, fill: tuple[int, int] | None, named: dict[str, int]) -> tuple[int, ...]:
+    shape = []
+    for axis, dim in enumerate(spec.dims):
+        if isinstance(dim, int):
+            shape.append(dim)
+        elif isinstance(dim, str) and dim in named:
+            shape.append(named[dim])
+        elif fill is not None:
+            value = fill[0] if axis == 0 else fill[1]
+            if isinstance(dim, str):
+                named[dim] = value
+            shape.append(value)
+        else:
+            label = f"'{dim}'" if dim else f"#{axis}"
+            raise DataError(
+                f"input '{spec.name}' has dynamic dim {label} (shape {spec.shape_text()}); "
+                f"give it with --shape {spec.name}=D1xD2…"
+            )
+    return tuple(shape)
+
+
 def synthesize_feeds(
     model: onnx.ModelProto,
     *,
     rng: np.random.Generator,
     shapes: Mapping[str, Sequence[int]] | None = None,
-    default_dim: int | None = None,
+    fill: tuple[int, int] | None = None,
 ) -> dict[str, np.ndarray]:
     """Random inputs matching the model's input specs.
 
-    Floats are standard normal, integers in ``[0, 8)``, booleans uniform. A dynamic dim takes
-    its value from ``shapes`` (whole shape per input name); without it ``default_dim`` is used
-    when given, else the missing dim is an error that names it.
+    Floats are standard normal, integers in ``[0, 8)``, booleans uniform. An input named in
+    ``shapes`` takes that whole shape. Otherwise a dynamic dim takes ``fill[0]`` on axis 0 (the
+    batch) and ``fill[1]`` elsewhere; a symbolic dim keeps the value it first got, so dims that
+    share a name agree across inputs. Without ``fill`` a dynamic dim is an error naming it.
 
     Raises:
         DataError: a dynamic dim has no value, or a ``shapes`` entry does not fit the input.
     """
     shapes = dict(shapes or {})
-    feeds = {}
-    for spec in input_specs(model):
+    specs = input_specs(model)
+    named: dict[str, int] = {}
+    for spec in specs:  # dims fixed through --shape also fix their symbolic names
         if spec.name in shapes:
-            shape = tuple(int(d) for d in shapes.pop(spec.name))
-            if len(spec.dims) and len(shape) != len(spec.dims):
-                raise DataError(
-                    f"--shape {spec.name}: {len(shape)} dims given, the input has {len(spec.dims)} ({spec.shape_text()})"
-                )
-            for want, got in zip(spec.dims, shape):
-                if isinstance(want, int) and want != got:
-                    raise DataError(f"--shape {spec.name}: fixed dim {want} given as {got} ({spec.shape_text()})")
+            for dim, value in zip(spec.dims, _fixed_shape(spec, shapes[spec.name])):
+                if isinstance(dim, str):
+                    named.setdefault(dim, value)
+    feeds = {}
+    for spec in specs:
+        if spec.name in shapes:
+            shape = _fixed_shape(spec, shapes.pop(spec.name))
         else:
-            shape_list = []
-            for axis, dim in enumerate(spec.dims):
-                if isinstance(dim, int):
-                    shape_list.append(dim)
-                elif default_dim is not None:
-                    shape_list.append(default_dim)
-                else:
-                    label = f"'{dim}'" if dim else f"#{axis}"
-                    raise DataError(
-                        f"input '{spec.name}' has dynamic dim {label} (shape {spec.shape_text()}); "
-                        f"give it with --shape {spec.name}=D1xD2…"
-                    )
-            shape = tuple(shape_list)
+            shape = _filled_shape(spec, fill, named)
         feeds[spec.name] = _random_array(spec.dtype, shape, rng)
     if shapes:
         raise DataError(f"--shape names unknown input '{next(iter(shapes))}'")
     return feeds
+
+
+#: Values tried for unset dynamic dims when inputs must be made up: batch 1, other dims growing
+#: until the model runs (spatial dims often need room for several stride-2 stages).
+DIM_FILLS: tuple[tuple[int, int], ...] = ((1, 1), (1, 32), (1, 64), (1, 128), (1, 320))
+
+
+def runnable_feeds(
+    model: onnx.ModelProto,
+    *,
+    shapes: Mapping[str, Sequence[int]] | None,
+    samples: int,
+    seed: int = 0,
+) -> tuple[list[dict[str, np.ndarray]], str]:
+    """Random inputs the model actually runs on, and a note saying how dynamic dims were set.
+
+    With every dynamic dim given (``shapes``), those are used. Otherwise the fills of
+    :data:`DIM_FILLS` are tried in order and the first on which onnxruntime runs ``model`` is
+    kept.
+
+    Raises:
+        DataError: ``shapes`` does not fit the model, or no fill gives inputs the model runs on.
+    """
+    try:
+        feeds = [synthesize_feeds(model, rng=np.random.default_rng(seed + i), shapes=shapes) for i in range(samples)]
+        return feeds, "random inputs"
+    except DataError as err:
+        if "dynamic dim" not in str(err):
+            raise
+    session = make_session(model, graph_opt="disable")
+    problem = ""
+    for fill in DIM_FILLS:
+        feeds = [synthesize_feeds(model, rng=np.random.default_rng(seed + i), shapes=shapes, fill=fill) for i in range(samples)]
+        try:
+            run_model(session, feeds[0])
+        except DataError as err:
+            problem = str(err)
+            continue
+        return feeds, f"random inputs, unset dynamic dims: batch {fill[0]}, others {fill[1]} (--shape chooses)"
+    raise DataError(f"no random inputs found that the model runs on; give --shape ({problem})")

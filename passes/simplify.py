@@ -162,9 +162,8 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _one_line(err: BaseException) -> str:
-    text = str(err).strip()
-    first = text.splitlines()[0] if text else ""
-    return f"{type(err).__name__}: {first}"[:200] if first else type(err).__name__
+    text = " ".join(str(err).split())  # the whole message on one line
+    return f"{type(err).__name__}: {text}"[:300] if text else type(err).__name__
 
 
 def _run_onnxsim(

@@ -27,7 +27,7 @@ def assert_equivalent(
 ) -> dict[str, np.ndarray]:
     """Assert ``after`` computes what ``before`` does on ``feeds`` (random when omitted)."""
     if feeds is None:
-        feeds = synthesize_feeds(before, rng=np.random.default_rng(seed), default_dim=2)
+        feeds = synthesize_feeds(before, rng=np.random.default_rng(seed), fill=(2, 2))
     ref = run_ort(before, feeds)
     got = run_ort(after, feeds)
     assert list(ref) == list(got), f"outputs differ: {list(ref)} vs {list(got)}"

@@ -382,7 +382,7 @@ def test_onnxsim_failure_recorded_and_own_rewrites_still_run(monkeypatch):
     monkeypatch.setattr(onnxsim, "simplify", broken)
     model = onnx.parser.parse_model(CUSTOM)
     result = SimplifyPass().apply(model, RunContext())
-    assert result.stats["onnxsim"] == "failed: RuntimeError: boom"
+    assert result.stats["onnxsim"] == "failed: RuntimeError: boom second line"  # the whole message, on one line
     assert result.stats["identity_removed"] == 1
     assert op_counts(result.model) == {"Foo": 1, "Relu": 1}
 

@@ -1,0 +1,212 @@
+"""The command line: every subcommand end to end on the bundled model, and its error contract.
+
+Contract: success exits 0; an onnxslim error exits 1 with one line on stderr and no traceback;
+a usage error exits 2; a failed command leaves no output file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from _helpers import assert_equivalent
+from onnxslim.cli import main
+
+
+@pytest.fixture()
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def _assert_one_line_error(result, needle: str) -> None:
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ") and needle in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_help_lists_the_commands(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for command in ("inspect", "simplify", "validate", "bench", "zoo"):
+        assert f"  {command}" in result.stdout
+
+
+def test_inspect_json_lenet(runner: CliRunner, lenet_path: Path) -> None:
+    result = runner.invoke(main, ["inspect", str(lenet_path), "--shape", "input=1x1x32x32", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)  # stdout holds exactly one JSON document
+    # Hand-computed: conv1 6*1*25+6, conv2 16*6*25+16, fc 400*120+120, 120*84+84, 84*10+10.
+    assert doc["total_params"] == 156 + 2416 + 48120 + 10164 + 850 == 61706
+    # conv1 6*28*28*25, conv2 16*10*10*(6*25), fc 400*120 + 120*84 + 84*10.
+    assert doc["total_macs"] == 117600 + 240000 + 48000 + 10080 + 840 == 416520
+    assert doc["inputs"][0] == {"name": "input", "dtype": "float32", "shape": ["batch", 1, 32, 32]}
+    assert doc["fixed_shapes"] == {"input": [1, 1, 32, 32]}
+
+
+def test_inspect_text_says_unknown_without_shape(runner: CliRunner, lenet_path: Path) -> None:
+    result = runner.invoke(main, ["inspect", str(lenet_path)])
+    assert result.exit_code == 0
+    assert "unknown" in result.stdout and "--shape input=" in result.stdout
+
+
+def _conv_bn_model() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    weights = {
+        "w": rng.standard_normal((4, 3, 3, 3)), "scale": rng.uniform(0.5, 2, 4), "bias": rng.standard_normal(4),
+        "mean": rng.standard_normal(4), "var": rng.uniform(0.5, 2, 4),
+    }
+    graph = onnx.helper.make_graph(
+        [
+            onnx.helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+            onnx.helper.make_node("BatchNormalization", ["c", "scale", "bias", "mean", "var"], ["b"]),
+            onnx.helper.make_node("Identity", ["b"], ["i"]),
+            onnx.helper.make_node("Relu", ["i"], ["y"]),
+        ],
+        "conv_bn_relu",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 3, 8, 8])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 4, 8, 8])],
+        [onnx.numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()],
+    )
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)], ir_version=8)
+
+
+def test_simplify_end_to_end(runner: CliRunner, tmp_path: Path) -> None:
+    source, out = tmp_path / "conv_bn.onnx", tmp_path / "conv_bn.slim.onnx"
+    source.write_bytes(_conv_bn_model().SerializeToString())
+    result = runner.invoke(main, ["simplify", str(source), "-o", str(out), "--shape", "x=2x3x8x8"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"\| before \|\s+4 \|", result.stdout) and re.search(r"\| after  \|\s+2 \|", result.stdout)
+    assert "verification: passed (random inputs)" in result.stdout
+    slim = onnx.load(out)
+    onnx.checker.check_model(slim, full_check=True)
+    assert [n.op_type for n in slim.graph.node] == ["Conv", "Relu"]
+    assert_equivalent(_conv_bn_model(), slim)
+
+
+def test_simplify_lenet_keeps_its_outputs(runner: CliRunner, lenet_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "lenet.slim.onnx"
+    result = runner.invoke(main, ["simplify", str(lenet_path), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "verification: unchanged" in result.stdout  # LeNet has nothing to simplify
+    slim = onnx.load(out)
+    onnx.checker.check_model(slim, full_check=True)
+    original = onnx.load(lenet_path)
+    assert len(slim.graph.node) <= len(original.graph.node)
+    feeds = {"input": np.load(lenet_path.parent / "lenet5_digits_test.npz")["input"][:16]}
+    assert_equivalent(original, slim, feeds)
+
+
+def test_simplify_json(runner: CliRunner, lenet_path: Path, tmp_path: Path) -> None:
+    result = runner.invoke(main, ["simplify", str(lenet_path), "-o", str(tmp_path / "o.onnx"), "--json", "--no-onnxsim"])
+    assert result.exit_code == 0
+    doc = json.loads(result.stdout)
+    assert doc["before"]["params"] == 61706 and doc["steps"][0]["name"] == "simplify"
+    assert doc["steps"][0]["stats"]["onnxsim"] == "disabled"
+
+
+def test_bench_end_to_end(runner: CliRunner, lenet_path: Path) -> None:
+    result = runner.invoke(main, ["bench", str(lenet_path), "--batch", "2", "--runs", "5", "--warmup", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)["rows"]
+    assert row["runs"] == 5 and row["p50_ms"] > 0 and row["speedup"] == pytest.approx(1.0)
+
+
+def test_validate_end_to_end(runner: CliRunner, lenet_path: Path) -> None:
+    data = lenet_path.parent / "lenet5_digits_test.npz"
+    result = runner.invoke(main, ["validate", str(lenet_path), str(lenet_path), "--data", str(data), "--max-drop", "0"])
+    assert result.exit_code == 0, result.output
+    assert "labeled accuracy (logits, 540 labels)" in result.stdout and "PASS" in result.stdout
+
+
+def test_zoo_list(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["zoo", "list", "--json"])
+    assert result.exit_code == 0
+    names = [row["name"] for row in json.loads(result.stdout)]
+    assert names == ["ppocr-det", "ppocr-rec", "ppocr-cls", "yolov8n-nudenet", "silero-vad"]
+
+
+def test_zoo_fetch_unknown_name(runner: CliRunner) -> None:
+    _assert_one_line_error(runner.invoke(main, ["zoo", "fetch", "no-such-model"]), "no-such-model")
+
+
+# ----------------------------------------------------------------------------- error paths
+
+
+def _bad_inputs(tmp_path: Path, lenet_path: Path) -> dict[str, tuple[Path, str]]:
+    text = tmp_path / "notes.onnx"
+    text.write_text("this is not a model\n")
+    data = lenet_path.read_bytes()
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(data[: len(data) // 2])
+    return {
+        "missing": (tmp_path / "missing.onnx", "no such file"),
+        "text": (text, "not an ONNX model"),
+        "truncated": (truncated, "truncated"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "text", "truncated"])
+@pytest.mark.parametrize("command", ["simplify", "inspect", "validate", "bench"])
+def test_bad_model_files(runner: CliRunner, tmp_path: Path, lenet_path: Path, case: str, command: str) -> None:
+    path, needle = _bad_inputs(tmp_path, lenet_path)[case]
+    out = tmp_path / "out.onnx"
+    args = {
+        "simplify": ["simplify", str(path), "-o", str(out)],
+        "inspect": ["inspect", str(path)],
+        "validate": ["validate", str(lenet_path), str(path)],
+        "bench": ["bench", str(path), "--batch", "1", "--runs", "1"],
+    }[command]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    _assert_one_line_error(runner.invoke(main, args), needle)
+    assert str(path) in runner.invoke(main, args).stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_output_equal_to_input_is_refused(runner: CliRunner, tmp_path: Path, lenet_path: Path) -> None:
+    model = tmp_path / "m.onnx"
+    shutil.copyfile(lenet_path, model)
+    before = model.read_bytes()
+    result = runner.invoke(main, ["simplify", str(model), "-o", str(tmp_path / "." / "m.onnx")])
+    _assert_one_line_error(result, "refusing to overwrite the input model")
+    assert model.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_failed_verification_leaves_no_output(runner: CliRunner, tmp_path: Path, lenet_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from passes.simplify import SimplifyPass
+
+    real_apply = SimplifyPass.apply
+
+    def corrupting_apply(self, model, ctx):  # a broken rewrite: scales one weight
+        result = real_apply(self, model, ctx)
+        init = result.model.graph.initializer[0]
+        arr = onnx.numpy_helper.to_array(init) * 1.5
+        init.CopyFrom(onnx.numpy_helper.from_array(arr.astype(np.float32), init.name))
+        return type(result)(result.model, True, result.stats)
+
+    monkeypatch.setattr(SimplifyPass, "apply", corrupting_apply)
+    out = tmp_path / "out.onnx"
+    result = runner.invoke(main, ["simplify", str(lenet_path), "-o", str(out)])
+    _assert_one_line_error(result, "pass 'simplify' changed the outputs")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_usage_errors_exit_2(runner: CliRunner, lenet_path: Path) -> None:
+    assert runner.invoke(main, ["simplify", str(lenet_path)]).exit_code == 2  # -o missing
+    assert runner.invoke(main, ["inspect", str(lenet_path), "--shape", "garbage"]).exit_code == 2
+    assert runner.invoke(main, ["bench", str(lenet_path), "--runs", "0"]).exit_code == 2
+    assert runner.invoke(main, ["no-such-command"]).exit_code == 2
+
+
+def test_verbose_shows_the_traceback(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(main, ["-v", "inspect", str(tmp_path / "missing.onnx")])
+    assert result.exit_code == 1 and "Traceback" in result.stderr
