@@ -15,10 +15,12 @@ samples (a user metric, which needs every output, is the exception and is docume
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import os
-from collections.abc import Callable, Mapping, Sequence
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -303,10 +305,25 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+@contextlib.contextmanager
+def _cwd_importable() -> Iterator[None]:
+    """Let MODULE come from the current folder, as ``python -m`` would (a console script's
+    ``sys.path`` does not hold it)."""
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+
+
 def load_metric(spec: str) -> tuple[Callable[..., Any], Callable[..., Any] | None]:
     """Import ``MODULE:FUNC``; also return the module's optional ``runner``.
 
-    The metric is called as ``func(candidate_outputs, reference_outputs, dataset)`` where the
+    MODULE is imported from the current folder or the installed packages. The metric is called as ``func(candidate_outputs, reference_outputs, dataset)`` where the
     outputs are lists of per-sample dicts in dataset order, and returns a float or a
     ``dict[str, float]`` (higher is better; the first key is the headline). A module may define
     ``runner(run, dataset) -> list[dict]`` for stateful models, where ``run(feeds) -> outputs``
@@ -320,7 +337,8 @@ def load_metric(spec: str) -> tuple[Callable[..., Any], Callable[..., Any] | Non
     if not sep or not module_name or not func_name:
         raise OnnxSlimError(f"--metric '{spec}' must be MODULE:FUNCTION, e.g. benchmarks.tasks.digits:metric")
     try:
-        module = importlib.import_module(module_name)
+        with _cwd_importable():
+            module = importlib.import_module(module_name)
     except ImportError as err:
         raise OnnxSlimError(f"--metric: cannot import module '{module_name}' ({err})") from err
     func = getattr(module, func_name, None)

@@ -1,5 +1,7 @@
 """The pass contract: :class:`Pass`, :class:`PassResult`, :class:`RunContext` and tolerances.
 
+Errors live in :mod:`passes._errors`, which ``calibration`` imports too.
+
 A pass is a class named ``<Verb><Object>Pass`` with a stable :attr:`Pass.name` (its key in the
 command line and the report) and a :attr:`Pass.tolerance` (what it promises about outputs).
 :meth:`Pass.apply` receives a model that the pipeline already copied, so it may rewrite it in
@@ -17,18 +19,6 @@ from typing import Any, ClassVar
 import numpy as np
 import onnx
 
-from passes._errors import (
-    CalibrationError,
-    DataError,
-    InvalidModelError,
-    ModelLoadError,
-    ModelSaveError,
-    OnnxSlimError,
-    PassError,
-    PreconditionError,
-    UnsupportedModelError,
-    VerificationError,
-)
 
 __all__ = [
     "Tolerance",
@@ -36,16 +26,6 @@ __all__ = [
     "PassResult",
     "RunContext",
     "Pass",
-    "OnnxSlimError",
-    "ModelLoadError",
-    "ModelSaveError",
-    "InvalidModelError",
-    "PreconditionError",
-    "PassError",
-    "VerificationError",
-    "CalibrationError",
-    "UnsupportedModelError",
-    "DataError",
 ]
 
 

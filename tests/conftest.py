@@ -10,8 +10,14 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# tests/ for the shared helpers (_helpers, _toy_metric). Test folders must not be named like a
+# top-level package (passes, calibration, benchmarks): from here they would shadow it as a
+# namespace package. The repository root goes *last*, for `benchmarks` (not installed), so an
+# installed package still wins the name (test_package checks which onnxslim is imported).
 if str(REPO / "tests") not in sys.path:
     sys.path.insert(0, str(REPO / "tests"))
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))
 
 from onnxslim import zoo  # noqa: E402 - after the sys.path set-up
 

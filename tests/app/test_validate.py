@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from click.testing import CliRunner
 from onnx import helper, numpy_helper
 
 from onnxslim.cli import main
-from onnxslim.validate import SQNR_CAP_DB, validate
+from onnxslim.validate import SQNR_CAP_DB, load_metric, validate
 from passes._errors import OnnxSlimError
 
 RNG = np.random.default_rng(0)
@@ -156,3 +157,11 @@ def test_max_drop_without_labels_or_metric_fails(pair: tuple) -> None:
     ref, _, data, _ = pair
     report = validate(ref, ref, data=data, max_drop=0.01)
     assert not report.passed and "needs labels" in report.failures[0]
+
+
+def test_metric_module_from_the_current_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "my_task_metric.py").write_text("def score(c, r, d):\n    return {'s': 0.5}\n")
+    monkeypatch.chdir(tmp_path)
+    func, runner = load_metric("my_task_metric:score")
+    assert func(None, None, None) == {"s": 0.5} and runner is None
+    assert str(tmp_path) not in sys.path  # the folder is only added for the import
