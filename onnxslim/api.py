@@ -12,7 +12,7 @@ import onnx
 
 from onnxslim import zoo
 from onnxslim.bench import BenchOptions, BenchReport, bench
-from onnxslim.io import load_model, refuse_overwrite, save_model
+from onnxslim.io import load_model, model_file_size, refuse_overwrite, save_model
 from onnxslim.pipeline import PipelineReport, run_pipeline
 from onnxslim.report import human_bytes, markdown_table
 from onnxslim.runtime import runnable_feeds
@@ -40,12 +40,7 @@ def inspect_model(path: str | os.PathLike[str], *, shapes: Mapping[str, tuple[in
     """Summarize the model at ``path`` (see :func:`onnxslim.summary.summarize`)."""
     path = Path(path)
     model = load_model(path)
-    return summarize(model, shapes=shapes or {}, file_size=_file_size(path))
-
-
-def _file_size(path: Path) -> int:
-    data = path.with_name(path.name + ".data")
-    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+    return summarize(model, shapes=shapes or {}, file_size=model_file_size(path))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,8 +125,8 @@ def simplify_file(
     return SimplifyReport(
         str(input_path),
         str(output_path),
-        ModelSize.of(model, file_bytes=_file_size(input_path)),
-        ModelSize.of(report.model, file_bytes=_file_size(output_path)),
+        ModelSize.of(model, file_bytes=model_file_size(input_path)),
+        ModelSize.of(report.model, file_bytes=model_file_size(output_path)),
         report,
         verification,
     )

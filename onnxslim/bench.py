@@ -11,10 +11,11 @@ How the figures are made:
   ``numpy.percentile(method="linear")``; throughput = batch / mean (samples per second);
   ``speedup = p50(first model) / p50(this)`` within the same threads and runtime.
 - **Session creation and peak RSS** (one subprocess per combination, ``python -m
-  onnxslim.bench --child SPEC``): the child loads the same inputs from an ``.npz``, creates the
-  session (timed), runs it a few times and prints JSON. Peak RSS is the child's ``VmHWM`` from
-  ``/proc/self/status``; ``getrusage().ru_maxrss`` is only a fallback where ``/proc`` is
-  missing, because on Linux it survives fork + exec and would report the parent's peak.
+  onnxslim._bench_child --child SPEC``; see :mod:`onnxslim._bench_child`): the child loads the
+  same inputs from an ``.npz``, creates the session (timed), runs it a few times and prints
+  JSON. Peak RSS is the child's ``VmHWM`` from ``/proc/self/status``; ``getrusage().ru_maxrss``
+  is only a fallback where ``/proc`` is missing, because on Linux it survives fork + exec and
+  would report the parent's peak.
 - ``--runtime openvino`` (optional) compiles the same ONNX file with
   ``openvino.Core().compile_model(path, "CPU", config)``; when ``openvino`` is not installed the
   report says so in a note and has no rows for it.
@@ -24,10 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -37,10 +35,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from onnxslim._bench_child import open_runner, run_child
 from onnxslim.cpu import CpuInfo, detect_cpu
-from onnxslim.io import load_model
+from onnxslim.io import load_model, model_file_size
 from onnxslim.report import human_bytes, markdown_table
-from onnxslim.runtime import GRAPH_OPT_LEVELS, InputSpec, input_specs, make_session, run_model, synthesize_feeds
+from onnxslim.runtime import GRAPH_OPT_LEVELS, InputSpec, input_specs, synthesize_feeds
 from passes._errors import DataError, OnnxSlimError
 
 __all__ = ["RUNTIMES", "PERCENTILE_METHOD", "MIN_RUNS_WITH_BUDGET", "BenchOptions", "BenchRow", "BenchReport", "bench"]
@@ -51,12 +50,10 @@ RUNTIMES = ("onnxruntime", "openvino")
 PERCENTILE_METHOD = "linear"
 #: With a time budget (``seconds``) the timed loop still does at least this many rounds.
 MIN_RUNS_WITH_BUDGET = 10
-_CHILD_RUNS = 3
 _CHILD_TIMEOUT_S = 600.0
 _PROGRESS_EVERY_S = 1.0
 
 Progress = Callable[[str], None]
-Runner = Callable[[Mapping[str, np.ndarray]], object]
 
 
 # ----------------------------------------------------------------------------- data
@@ -290,10 +287,10 @@ def _load_models(paths: list[Path], options: BenchOptions, notes: list[str]) -> 
     shapes, batched = _feed_shapes(first, options, notes)
     feeds = synthesize_feeds(first, rng=np.random.default_rng(options.seed), shapes=shapes)
     del first
-    out = [_Model(paths[0], labels[0], feeds, _file_size(paths[0]))]
+    out = [_Model(paths[0], labels[0], feeds, model_file_size(paths[0]))]
     for path, label in zip(paths[1:], labels[1:]):
         specs = input_specs(load_model(path))
-        out.append(_Model(path, label, _adapt_feeds(feeds, specs, label, labels[0], notes), _file_size(path)))
+        out.append(_Model(path, label, _adapt_feeds(feeds, specs, label, labels[0], notes), model_file_size(path)))
     first_dims = [v.shape[0] for v in feeds.values() if v.ndim]
     batch = options.batch if batched else (first_dims[0] if first_dims else 1)
     return out, int(batch or 1)
@@ -358,45 +355,7 @@ def _adapt_feeds(
     return out
 
 
-def _file_size(path: Path) -> int:
-    data = path.with_name(path.name + ".data")
-    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
-
-
-# ----------------------------------------------------------------------------- sessions
-
-
-def _last_line(err: BaseException | str) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[-1] if lines else type(err).__name__
-
-
-def _open(runtime: str, path: Path, threads: int, graph_opt: str) -> Runner:
-    """A function running one inference of ``path`` on ``runtime``.
-
-    Raises:
-        OnnxSlimError: the runtime cannot load the model.
-    """
-    if runtime == "onnxruntime":
-        return functools.partial(run_model, make_session(str(path), threads=threads, graph_opt=graph_opt))
-    import openvino
-
-    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = threads
-    try:
-        compiled = openvino.Core().compile_model(str(path), "CPU", config)
-        request = compiled.create_infer_request()
-    except Exception as err:  # openvino raises RuntimeError and others
-        raise OnnxSlimError(f"openvino cannot compile the model: {_last_line(err)}") from err
-
-    def run(feeds: Mapping[str, np.ndarray], _keep: object = compiled) -> object:
-        try:
-            return request.infer(dict(feeds))
-        except Exception as err:
-            raise DataError(f"openvino failed to run the model: {_last_line(err)}") from err
-
-    return run
+# ----------------------------------------------------------------------------- latency
 
 
 def _measure_latency(
@@ -417,7 +376,7 @@ def _measure_latency(
     for i, combo in enumerate(combos):
         model = loaded[combo.model]
         try:
-            run = _open(combo.runtime, model.path, combo.threads, options.graph_opt)
+            run = open_runner(combo.runtime, model.path, combo.threads, options.graph_opt)
             runners[i] = functools.partial(run, model.feeds)
         except OnnxSlimError as err:
             fail(i, err)
@@ -485,77 +444,8 @@ def _measure_isolated(
                 "model": str(model.path), "runtime": combo.runtime, "threads": combo.threads,
                 "graph_opt": options.graph_opt, "feeds": feed_files[combo.model], "inputs": list(model.feeds),
             }  # fmt: skip
-            results[i] = _run_child(spec)
+            results[i] = run_child(spec, _CHILD_TIMEOUT_S)
     return results
-
-
-def _run_child(spec: dict[str, Any]) -> dict[str, Any] | str:
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)  # the child must import this very onnxslim
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    cmd = [sys.executable, "-m", "onnxslim.bench", "--child", json.dumps(spec)]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=_CHILD_TIMEOUT_S, env=env, check=False)
-    except subprocess.TimeoutExpired:
-        return f"own-process measurement timed out after {_CHILD_TIMEOUT_S:g} s"
-    except OSError as err:
-        return f"own-process measurement could not start: {err}"
-    result = _last_json(done.stdout)
-    if done.returncode == 0 and result is not None and "error" not in result:
-        return result
-    if result is not None and "error" in result:
-        return f"own-process measurement failed: {result['error']}"
-    if done.returncode < 0:
-        hint = " (out of memory?)" if done.returncode == -9 else ""
-        return f"own-process measurement killed by signal {-done.returncode}{hint}"
-    return f"own-process measurement failed (exit {done.returncode}): {_last_line(done.stderr or 'no message')}"
-
-
-def _last_json(stdout: str) -> dict[str, Any] | None:
-    for line in reversed(stdout.strip().splitlines()):
-        try:
-            value = json.loads(line)
-        except ValueError:
-            continue
-        return value if isinstance(value, dict) else None
-    return None
-
-
-def _peak_rss_kib() -> int | None:
-    """This process's peak RSS in KiB: ``VmHWM`` on Linux, else ``ru_maxrss``; ``None`` if unknown."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        import resource
-    except ImportError:
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak // 1024 if sys.platform == "darwin" else peak)
-
-
-def _child_main(argv: Sequence[str]) -> int:
-    """Entry of the measuring subprocess: prints one JSON line; exit 1 on an expected error."""
-    spec = json.loads(argv[0])
-    if spec["runtime"] == "openvino":
-        import openvino  # noqa: F401 - the baseline includes the engine's libraries, as for onnxruntime
-    base = _peak_rss_kib()
-    try:
-        with np.load(spec["feeds"]) as data:
-            feeds = {name: data[f"arr_{k}"] for k, name in enumerate(spec["inputs"])}
-        start = time.perf_counter()
-        run = _open(spec["runtime"], Path(spec["model"]), int(spec["threads"]), spec["graph_opt"])
-        created = time.perf_counter() - start
-        for _ in range(_CHILD_RUNS):
-            run(feeds)
-    except OnnxSlimError as err:
-        print(json.dumps({"error": str(err)}))
-        return 1
-    print(json.dumps({"session_create_s": created, "base_rss_kib": base, "peak_rss_kib": _peak_rss_kib()}))
-    return 0
 
 
 # ----------------------------------------------------------------------------- rows and rendering
@@ -633,9 +523,3 @@ def _table(rows: Sequence[BenchRow]) -> str:
         ]  # fmt: skip
         body.append(cells + ([r.note or ""] if with_notes else []))
     return markdown_table(headers + (["note"] if with_notes else []), body)
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] != ["--child"] or len(sys.argv) != 3:
-        sys.exit("usage: python -m onnxslim.bench --child SPEC_JSON (internal; use `onnxslim bench`)")
-    sys.exit(_child_main(sys.argv[2:]))

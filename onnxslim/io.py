@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError
 
 from passes._errors import InvalidModelError, ModelLoadError, ModelSaveError
 
-__all__ = ["load_model", "save_model", "refuse_overwrite", "check_model", "PROTO_LIMIT"]
+__all__ = ["load_model", "save_model", "refuse_overwrite", "check_model", "model_file_size", "PROTO_LIMIT"]
 
 #: Largest protobuf that can be serialized in one piece; above it weights go to external data.
 PROTO_LIMIT = 2**31 - 1
@@ -71,6 +71,17 @@ def _uses_external_data(model: onnx.ModelProto) -> bool:
         t.data_location == onnx.TensorProto.EXTERNAL
         for t in onnx.external_data_helper._get_all_tensors(model)  # noqa: SLF001 - public since 1.9
     )
+
+
+def model_file_size(path: str | os.PathLike[str]) -> int:
+    """Bytes of the model file ``path`` plus its external data file ``<file>.data`` when present.
+
+    Raises:
+        OSError: ``path`` does not exist or cannot be read.
+    """
+    path = Path(path)
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
 
 
 _NODE_RE = re.compile(r"Name:\s*(\S*)\s*OpType:\s*(\S+)")
