@@ -16,7 +16,7 @@ from onnxslim.io import load_model, model_file_size, refuse_overwrite, save_mode
 from onnxslim.pipeline import PipelineReport, run_pipeline
 from onnxslim.report import human_bytes, markdown_table
 from onnxslim.runtime import runnable_feeds
-from onnxslim.summary import ModelSummary, summarize
+from onnxslim.summary import ModelSummary, parameter_stats, summarize
 from onnxslim.validate import ValidationReport, validate
 from passes._base import RunContext
 from passes.simplify import SimplifyOptions, SimplifyPass
@@ -55,8 +55,8 @@ class ModelSize:
     @classmethod
     def of(cls, model: onnx.ModelProto, *, file_bytes: int | None = None) -> ModelSize:
         """Measure ``model``."""
-        summary = summarize(model)
-        return cls(summary.node_count, summary.total_params, summary.total_param_bytes, file_bytes)
+        stats = parameter_stats(model)
+        return cls(len(model.graph.node), sum(p.count for p in stats), sum(p.bytes for p in stats), file_bytes)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -42,6 +42,7 @@ __all__ = [
     "OpMacs",
     "ModelSummary",
     "summarize",
+    "parameter_stats",
     "dtype_name",
 ]
 
@@ -312,7 +313,8 @@ def _graph_params(graph: onnx.GraphProto) -> Iterator[tuple[int, int, int]]:
         yield from _constant_params(node)
 
 
-def _param_stats(model: onnx.ModelProto) -> tuple[ParamStats, ...]:
+def parameter_stats(model: onnx.ModelProto) -> tuple[ParamStats, ...]:
+    """Parameter count and bytes by dtype over initializers and Constant tensors (with subgraphs)."""
     count: Counter[str] = Counter()
     nbytes: Counter[str] = Counter()
     for graph in (model.graph, *_walk_subgraphs(model.graph)):
@@ -569,7 +571,7 @@ def summarize(
     fixed = {name: tuple(int(d) for d in dims) for name, dims in (shapes or {}).items()}
     _check_shapes(model, fixed)
     macs = _mac_stats(model.graph, _shape_table(model, fixed))
-    params = _param_stats(model)
+    params = parameter_stats(model)
     unknown = sum(m.unknown_nodes for m in macs)
     known = sum(m.known_macs for m in macs)
     return ModelSummary(
