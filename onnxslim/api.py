@@ -18,12 +18,20 @@ from onnxslim.report import human_bytes, markdown_table
 from onnxslim.runtime import runnable_feeds
 from onnxslim.summary import ModelSummary, parameter_stats, summarize
 from onnxslim.validate import ValidationReport, validate
+from calibration.collect import collect
+from calibration.datasets import Dataset, check_dataset, input_specs, open_dataset, select_samples
+from calibration.table import CalibrationTable
 from passes._base import RunContext
+from passes.fp16 import ConvertFloat16Pass, Fp16Options
 from passes.simplify import SimplifyOptions, SimplifyPass
 
 __all__ = [
     "ModelSize",
-    "SimplifyReport",
+    "PassReport",
+    "run_passes_on_file",
+    "fp16_file",
+    "calibrate_model",
+    "Fp16Options",
     "inspect_model",
     "simplify_file",
     "validate",
@@ -60,8 +68,9 @@ class ModelSize:
 
 
 @dataclasses.dataclass(frozen=True)
-class SimplifyReport:
-    """What ``simplify`` did: sizes before and after, the pass's stats, and verification."""
+class PassReport:
+    """What a command that rewrites a model did: sizes before and after, each pass's stats,
+    verification, and notes."""
 
     input_path: str
     output_path: str
@@ -69,6 +78,7 @@ class SimplifyReport:
     after: ModelSize
     pipeline: PipelineReport
     verification: str
+    notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -78,11 +88,12 @@ class SimplifyReport:
             "before": dataclasses.asdict(self.before),
             "after": dataclasses.asdict(self.after),
             "verification": self.verification,
+            "notes": list(self.notes),
             **self.pipeline.to_dict(),
         }
 
     def render(self) -> str:
-        """A before/after table, the rewrites done, and the verification verdict."""
+        """A before/after table, what each pass did, notes, and the verification verdict."""
         b, a = self.before, self.after
         table = markdown_table(
             ["", "nodes", "params", "param bytes", "file"],
@@ -93,10 +104,71 @@ class SimplifyReport:
         )
         lines = [f"{self.input_path} -> {self.output_path}", "", table, ""]
         for step in self.pipeline.steps:
-            done = ", ".join(f"{k} {v}" for k, v in step.stats.items() if v and k not in ("nodes_before", "nodes_after"))
-            lines.append(f"{step.name}: {done or 'nothing to do'}")
+            lines += _render_stats(step.name, step.stats)
+        lines += [f"note: {n}" for n in self.notes]
         lines.append(f"verification: {self.verification}")
         return "\n".join(lines)
+
+
+_QUIET_STATS = {"nodes_before", "nodes_after"}
+
+
+def _render_stats(name: str, stats: Mapping[str, Any]) -> list[str]:
+    """One line of scalar counters, then one indented line per entry of list-valued stats."""
+    scalars = [f"{k} {v}" for k, v in stats.items() if v and k not in _QUIET_STATS and not isinstance(v, (list, tuple, dict))]
+    lines = [f"{name}: {', '.join(scalars) or 'nothing to do'}"]
+    for key, value in stats.items():
+        if isinstance(value, (list, tuple)) and value:
+            lines.append(f"  {key}:")
+            lines += [f"    - {_entry(item)}" for item in value]
+    return lines
+
+
+def _entry(item: Any) -> str:
+    if isinstance(item, Mapping):
+        return ", ".join(f"{k} {v}" for k, v in item.items())
+    return str(item)
+
+
+def run_passes_on_file(
+    input_path: str | os.PathLike[str],
+    output_path: str | os.PathLike[str],
+    passes: Sequence[Any],
+    *,
+    verify: bool = True,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    ctx: RunContext | None = None,
+    prepare: Callable[[onnx.ModelProto], tuple[RunContext, list[str]]] | None = None,
+) -> PassReport:
+    """Load, run ``passes`` through the pipeline, verify, and write atomically.
+
+    ``prepare(model) -> (ctx, notes)`` builds the run context from the loaded model (e.g. by
+    calibrating) when given; otherwise ``ctx`` (default: an empty one) is used.
+
+    Raises:
+        OnnxSlimError: the input cannot be loaded, the output cannot be written (including
+            ``output_path`` being the input), or verification failed. Nothing is written then.
+    """
+    input_path, output_path = Path(input_path), Path(output_path)
+    refuse_overwrite(output_path, input_path)  # fail before any work; save_model checks again
+    model = load_model(input_path)
+    notes: list[str] = []
+    if prepare is not None:
+        ctx, notes = prepare(model)
+    feeds, how = runnable_feeds(model, shapes=shapes, samples=2) if verify else (None, "")
+    report = run_pipeline(model, passes, ctx or RunContext(), verify_feeds=feeds)
+    save_model(report.model, output_path, input_path=input_path)
+    verdicts = {s.verified for s in report.steps}
+    verification = "not requested" if not verify else "; ".join(sorted(verdicts)) + f" ({how})"
+    return PassReport(
+        str(input_path),
+        str(output_path),
+        ModelSize.of(model, file_bytes=model_file_size(input_path)),
+        ModelSize.of(report.model, file_bytes=model_file_size(output_path)),
+        report,
+        verification,
+        tuple(notes),
+    )
 
 
 def simplify_file(
@@ -106,30 +178,57 @@ def simplify_file(
     verify: bool = True,
     shapes: Mapping[str, tuple[int, ...]] | None = None,
     use_onnxsim: bool = True,
-) -> SimplifyReport:
-    """Simplify the model at ``input_path`` and write it atomically to ``output_path``.
-
-    Raises:
-        OnnxSlimError: the input cannot be loaded, the output cannot be written (including
-            ``output_path`` being the input), or verification failed. Nothing is written then.
-    """
-    input_path, output_path = Path(input_path), Path(output_path)
-    refuse_overwrite(output_path, input_path)  # fail before any work; save_model checks again
-    model = load_model(input_path)
-    feeds, how = runnable_feeds(model, shapes=shapes, samples=2) if verify else (None, "")
+) -> PassReport:
+    """Simplify the model at ``input_path`` and write it to ``output_path`` (see
+    :func:`run_passes_on_file`)."""
     passes = [SimplifyPass(options=SimplifyOptions(use_onnxsim=use_onnxsim))]
-    report = run_pipeline(model, passes, RunContext(), verify_feeds=feeds)
-    save_model(report.model, output_path, input_path=input_path)
-    verdicts = {s.verified for s in report.steps}
-    verification = "not requested" if not verify else "; ".join(sorted(verdicts)) + f" ({how})"
-    return SimplifyReport(
-        str(input_path),
-        str(output_path),
-        ModelSize.of(model, file_bytes=model_file_size(input_path)),
-        ModelSize.of(report.model, file_bytes=model_file_size(output_path)),
-        report,
-        verification,
-    )
+    return run_passes_on_file(input_path, output_path, passes, verify=verify, shapes=shapes)
+
+
+def fp16_file(
+    input_path: str | os.PathLike[str],
+    output_path: str | os.PathLike[str],
+    *,
+    options: Fp16Options = Fp16Options(),
+    calib: str | os.PathLike[str] | None = None,
+    samples: int | None = None,
+    verify: bool = True,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> PassReport:
+    """Convert to float16 (or store weights in float16 with ``options.weights_only``).
+
+    With ``calib``, tensor ranges are collected first (MinMax) and nodes whose magnitudes would
+    overflow float16 stay float32.
+    """
+
+    def prepare(model: onnx.ModelProto) -> tuple[RunContext, list[str]]:
+        if calib is None:
+            return RunContext(), []
+        table = calibrate_model(model, calib, method="minmax", samples=samples, progress=progress)
+        return RunContext(calibration=table), [f"ranges from {table.samples} calibration samples of {calib}"]
+
+    passes = [ConvertFloat16Pass(options=options)]
+    return run_passes_on_file(input_path, output_path, passes, verify=verify, shapes=shapes, prepare=prepare)
+
+
+def calibrate_model(
+    model: onnx.ModelProto,
+    data: str | os.PathLike[str] | Dataset,
+    *,
+    method: str = "minmax",
+    samples: int | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
+    image_spec: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> CalibrationTable:
+    """Collect a calibration table for ``model`` from ``data`` (checked against its inputs first)."""
+    specs = input_specs(model)
+    dataset = data if isinstance(data, Dataset) else open_dataset(data, specs, image_spec=image_spec)
+    dataset = select_samples(dataset, limit=samples, shuffle=shuffle, seed=seed)
+    check_dataset(dataset, specs)
+    return collect(model, dataset, method=method, progress=progress)
 
 
 def zoo_listing(*, cache_dir: Path | None = None) -> list[dict[str, Any]]:

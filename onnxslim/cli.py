@@ -20,6 +20,7 @@ import click
 
 from onnxslim import __version__, api
 from onnxslim.bench import RUNTIMES, BenchOptions
+from passes.fp16 import Fp16Options
 from onnxslim.runtime import parse_shape_option
 from passes._errors import OnnxSlimError
 
@@ -126,6 +127,34 @@ def simplify(model: Path, output: Path, verify: bool, shape: tuple[str, ...], us
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
         click.echo(report.render())
+
+
+@main.command("fp16")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Where to write the result.")
+@click.option("--keep-io-types/--no-keep-io-types", default=True, show_default=True,
+              help="Keep float32 graph inputs and outputs (Casts at the boundary).")
+@click.option("--block-op", "block_ops", multiple=True, metavar="OP", help="Keep every node of this op type in float32 (repeatable).")
+@click.option("--block-node", "block_nodes", multiple=True, metavar="NAME", help="Keep this node in float32 (repeatable).")
+@click.option("--weights-only", is_flag=True, help="Store weights in float16, compute in float32 (half the file, same numbers).")
+@click.option("--calib", type=click.Path(path_type=Path), help="Samples whose observed ranges keep overflowing nodes in float32.")
+@click.option("--samples", type=click.IntRange(min=1), help="Use at most N calibration samples.")
+@click.option("--safe-max", type=click.FloatRange(min=0, min_open=True), default=Fp16Options().safe_max, show_default=True,
+              help="With --calib: a node whose tensors exceed this magnitude stays float32.")
+@click.option("--verify/--no-verify", default=True, show_default=True, help="Compare with the input in onnxruntime.")
+@click.option("--shape", "shape", multiple=True, help=_SHAPE_HELP + " Used for verification.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@_errors_to_exit_code
+def fp16_cmd(model: Path, output: Path, keep_io_types: bool, block_ops: tuple[str, ...], block_nodes: tuple[str, ...],
+             weights_only: bool, calib: Path | None, samples: int | None, safe_max: float, verify: bool,
+             shape: tuple[str, ...], as_json: bool) -> None:
+    """Convert MODEL to float16 without breaking it; nodes that must stay float32 are listed."""
+    options = Fp16Options(keep_io_types=keep_io_types, block_ops=block_ops, block_nodes=block_nodes,
+                          weights_only=weights_only, safe_max=safe_max)
+    with _progress("calibrating") as tick:
+        report = api.fp16_file(model, output, options=options, calib=calib, samples=samples, verify=verify,
+                               shapes=_shapes(shape), progress=tick)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.render())
 
 
 @main.command("validate")

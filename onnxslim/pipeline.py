@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from onnxslim.io import check_model
-from onnxslim.runtime import make_session, run_model
+from onnxslim.runtime import cast_feeds, make_session, run_model
 from onnxslim.validate import tolerance_violation
 from passes._base import Pass, PassResult, RunContext
 from passes._errors import DataError, InvalidModelError, OnnxSlimError, PassError, VerificationError
@@ -72,7 +72,7 @@ def _verify(
         return reference
     try:
         session = make_session(after, graph_opt="disable")
-        candidate = [run_model(session, f) for f in feeds]
+        candidate = [run_model(session, cast_feeds(f, after)) for f in feeds]
     except OnnxSlimError as err:
         raise VerificationError(f"pass '{pass_.name}' produced a model onnxruntime cannot run: {err}") from err
     for i, (ref, cand) in enumerate(zip(reference, candidate)):

@@ -25,6 +25,7 @@ __all__ = [
     "run_model",
     "synthesize_feeds",
     "runnable_feeds",
+    "cast_feeds",
     "DIM_FILLS",
 ]
 
@@ -103,6 +104,18 @@ def run_model(
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataError(f"onnxruntime failed to run the model: {first}") from err
     return dict(zip(names, values))
+
+
+def cast_feeds(feeds: Mapping[str, np.ndarray], model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """``feeds`` with float arrays cast to the model's float input types (e.g. a float16
+    model fed the float32 samples of its float32 original); other arrays unchanged."""
+    wanted = {s.name: s.dtype for s in input_specs(model)}
+    out = {}
+    for name, value in feeds.items():
+        dtype = wanted.get(name)
+        floats = dtype is not None and np.issubdtype(dtype, np.floating) and np.issubdtype(value.dtype, np.floating)
+        out[name] = value.astype(dtype) if floats and value.dtype != dtype else value
+    return out
 
 
 def _random_array(dtype: np.dtype, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:

@@ -210,3 +210,18 @@ def test_usage_errors_exit_2(runner: CliRunner, lenet_path: Path) -> None:
 def test_verbose_shows_the_traceback(runner: CliRunner, tmp_path: Path) -> None:
     result = runner.invoke(main, ["-v", "inspect", str(tmp_path / "missing.onnx")])
     assert result.exit_code == 1 and "Traceback" in result.stderr
+
+
+@pytest.mark.parametrize("extra", [[], ["--weights-only"], ["--no-keep-io-types"]])
+def test_fp16_end_to_end(runner: CliRunner, lenet_path: Path, tmp_path: Path, extra: list[str]) -> None:
+    out = tmp_path / "lenet16.onnx"
+    calib = lenet_path.parent / "lenet5_digits_calib.npz"
+    result = runner.invoke(main, ["fp16", str(lenet_path), "-o", str(out), "--calib", str(calib), "--samples", "16", *extra])
+    assert result.exit_code == 0, result.output
+    assert "verification: passed" in result.stdout and "ranges from 16 calibration samples" in result.stdout
+    assert out.stat().st_size < 0.6 * lenet_path.stat().st_size  # weights halved
+    onnx.checker.check_model(onnx.load(out), full_check=True)
+    data = lenet_path.parent / "lenet5_digits_test.npz"
+    if not extra or extra == ["--weights-only"]:  # same float32 interface: validate it
+        check = runner.invoke(main, ["validate", str(lenet_path), str(out), "--data", str(data), "--max-drop", "0.005"])
+        assert check.exit_code == 0, check.output
