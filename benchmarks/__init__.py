@@ -1,0 +1,1 @@
+"""Benchmarks and evaluation tasks for onnxslim (not part of the installed core)."""
