@@ -11,6 +11,14 @@ A *sample* is ``dict[input name -> np.ndarray]`` holding one model run's inputs.
   ``.npy`` files (one sample each, for single-input models), in sorted file-name order; an
   optional ``labels.npy`` holds one label per sample. Files are read one at a time.
 - :class:`IterableDataset` — any Python iterable of sample dicts.
+- :class:`calibration.images.ImageFolderDataset` — a folder of images with a preprocessing spec
+  (needs Pillow, the ``images`` extra); :func:`open_dataset` picks it for a folder of images.
+- :class:`SyntheticDataset` — random inputs for smoke tests; it logs a warning, because ranges
+  measured on it say nothing about real inputs.
+
+:func:`select_samples` takes the first ``N`` samples, or ``N`` samples in a seeded random order.
+Readers hold at most one sample at a time where the format allows: ``.npz`` members stored
+uncompressed (``np.savez``) are read row by row from the file; compressed members are loaded whole.
 
 :func:`check_dataset` compares names, dtypes and shapes with the model's inputs before any run
 and raises a :class:`DataError` that names the input and shows expected versus actual.
@@ -20,13 +28,17 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import itertools
+import logging
 import os
+import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 
+from calibration._npz import StoredArray, open_npz
 from passes._errors import DataError
 
 __all__ = [
@@ -37,6 +49,9 @@ __all__ = [
     "NpzDataset",
     "FolderDataset",
     "IterableDataset",
+    "SyntheticDataset",
+    "Subset",
+    "select_samples",
     "open_dataset",
     "check_sample",
     "check_dataset",
@@ -45,6 +60,7 @@ __all__ = [
 
 Sample = dict[str, np.ndarray]
 LABELS_KEY = "labels"
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,10 +114,17 @@ class Dataset(abc.ABC):
     """A re-iterable, sized source of samples, with optional labels (one per sample)."""
 
     source: str = "data"
+    synthetic: bool = False  # True for made-up data: ranges measured on it are not meaningful
 
     @abc.abstractmethod
     def __iter__(self) -> Iterator[Sample]:
         """Yield samples in a fixed order."""
+
+    def sample(self, index: int) -> Sample:
+        """Sample ``index`` (readers with random access override this; the default iterates)."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"sample {index} out of range (0..{len(self) - 1})")
+        return next(itertools.islice(iter(self), index, None))
 
     @abc.abstractmethod
     def __len__(self) -> int:
@@ -119,11 +142,11 @@ class NpzDataset(Dataset):
     def __init__(self, path: str | os.PathLike[str], specs: Sequence[InputSpec] | None = None) -> None:
         self.source = str(path)
         try:
-            with np.load(path, allow_pickle=False) as archive:
-                self._arrays = {k: archive[k] for k in archive.files}
-        except (OSError, ValueError, EOFError) as err:
+            self._arrays = open_npz(Path(path))
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
             raise DataError(f"{path}: cannot read as .npz ({' '.join(str(err).split())})") from err
-        self._labels = self._arrays.pop(LABELS_KEY, None)
+        labels = self._arrays.pop(LABELS_KEY, None)
+        self._labels = None if labels is None else np.asarray(labels[:] if labels.ndim else labels)
         if not self._arrays:
             raise DataError(f"{path}: holds no input arrays (only {LABELS_KEY!r} or nothing)")
         counts = {k: (len(a) if a.ndim else 0) for k, a in self._arrays.items()}
@@ -144,13 +167,18 @@ class NpzDataset(Dataset):
 
     def __iter__(self) -> Iterator[Sample]:
         for i in range(self._count):
-            yield {k: self._row(k, a, i) for k, a in self._arrays.items()}
+            yield self.sample(i)
 
-    def _row(self, key: str, array: np.ndarray, i: int) -> np.ndarray:
+    def sample(self, index: int) -> Sample:
+        if not 0 <= index < self._count:
+            raise IndexError(f"sample {index} out of range (0..{self._count - 1})")
+        return {k: self._row(k, a, index) for k, a in self._arrays.items()}
+
+    def _row(self, key: str, array: np.ndarray | StoredArray, i: int) -> np.ndarray:
         rank = self._ranks.get(key)
         if rank is not None and array.ndim == rank:
             return array[i : i + 1]  # the model's own batch axis, size 1
-        return array[i]
+        return np.asarray(array[i])  # a row of a 1-D array is a 0-d array, not a numpy scalar
 
 
 class FolderDataset(Dataset):
@@ -182,6 +210,9 @@ class FolderDataset(Dataset):
     def __iter__(self) -> Iterator[Sample]:
         for path in self._files:
             yield self._read(path)
+
+    def sample(self, index: int) -> Sample:
+        return self._read(self._files[index])
 
     def _read(self, path: Path) -> Sample:
         try:
@@ -215,18 +246,129 @@ class IterableDataset(Dataset):
     def __iter__(self) -> Iterator[Sample]:
         return iter(self._samples)
 
+    def sample(self, index: int) -> Sample:
+        return self._samples[index]
 
-def open_dataset(path: str | os.PathLike[str], specs: Sequence[InputSpec] | None = None) -> Dataset:
-    """Open a ``.npz`` file or a folder of sample files.
+
+class SyntheticDataset(Dataset):
+    """``count`` random samples for smoke tests: floats standard normal, integers in ``[0, 8)``.
+
+    Deterministic for a seed (sample ``i`` is drawn from ``default_rng([seed, i])``). A dynamic
+    dim takes its value from ``shapes`` (whole shape per input name), else ``default_dim``.
+    Creating one logs a warning: ranges (and scales) measured on it are not meaningful.
+    """
+
+    synthetic = True
+
+    def __init__(self, specs: Sequence[InputSpec], count: int, *, seed: int = 0,
+                 shapes: Mapping[str, Sequence[int]] | None = None, default_dim: int = 1) -> None:
+        if count < 1:
+            raise DataError(f"synthetic data needs at least one sample, got {count}")
+        self.source = "synthetic random data"
+        self._count, self._seed = count, seed
+        shapes = dict(shapes or {})
+        self._shapes = {}
+        for spec in specs:
+            given = shapes.get(spec.name)
+            dims = given if given is not None else [d if isinstance(d, int) else default_dim for d in spec.dims]
+            self._shapes[spec.name] = (spec.dtype, tuple(int(d) for d in dims))
+        log.warning("calibrating on synthetic random data: ranges and scales from it are not meaningful "
+                    "for real inputs (use it for smoke tests only)")
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[Sample]:
+        for i in range(self._count):
+            yield self.sample(i)
+
+    def sample(self, index: int) -> Sample:
+        if not 0 <= index < self._count:
+            raise IndexError(f"sample {index} out of range (0..{self._count - 1})")
+        rng = np.random.default_rng([self._seed, index])
+        out = {}
+        for name, (dtype, shape) in self._shapes.items():
+            if dtype == np.bool_:
+                out[name] = rng.integers(0, 2, size=shape).astype(np.bool_)
+            elif np.issubdtype(dtype, np.integer):
+                out[name] = rng.integers(0, 8, size=shape).astype(dtype)
+            else:
+                out[name] = rng.standard_normal(size=shape).astype(dtype)
+        return out
+
+
+class Subset(Dataset):
+    """Samples ``indices`` of another dataset, in that order (labels follow)."""
+
+    def __init__(self, base: Dataset, indices: Sequence[int], *, how: str = "") -> None:
+        self._base, self._indices = base, [int(i) for i in indices]
+        self.synthetic = base.synthetic
+        self.source = f"{base.source} ({how or 'subset'})"
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        labels = self._base.labels
+        return None if labels is None else np.asarray(labels)[self._indices]
+
+    def __iter__(self) -> Iterator[Sample]:
+        if self._indices == list(range(len(self._indices))):
+            return itertools.islice(iter(self._base), len(self._indices))  # a prefix: stream it
+        return (self._base.sample(i) for i in self._indices)
+
+    def sample(self, index: int) -> Sample:
+        return self._base.sample(self._indices[index])
+
+
+def select_samples(dataset: Dataset, *, limit: int | None = None, shuffle: bool = False, seed: int = 0) -> Dataset:
+    """At most ``limit`` samples: the first ones, or (``shuffle``) a seeded random choice in random order.
 
     Raises:
-        DataError: the path does not exist or is neither a ``.npz`` file nor a folder.
+        DataError: ``limit`` is below 1.
+    """
+    if limit is not None and limit < 1:
+        raise DataError(f"--samples must be at least 1, got {limit}")
+    total = len(dataset)
+    count = total if limit is None else min(limit, total)
+    if shuffle:
+        order = np.random.default_rng(seed).permutation(total)[:count]
+        return Subset(dataset, order.tolist(), how=f"{count} of {total} samples, shuffled with seed {seed}")
+    if count == total:
+        return dataset
+    return Subset(dataset, range(count), how=f"first {count} of {total} samples")
+
+
+def _has_images(folder: Path) -> bool:
+    from calibration.images import IMAGE_SUFFIXES
+
+    return any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*") if p.is_file())
+
+
+def open_dataset(path: str | os.PathLike[str], specs: Sequence[InputSpec] | None = None, *,
+                 image_spec: object | None = None) -> Dataset:
+    """Open a ``.npz`` file, a folder of ``.npz``/``.npy`` sample files, or a folder of images.
+
+    ``image_spec`` (a :class:`calibration.images.ImageSpec`) says how images become inputs; a
+    folder holding images and no ``.npz``/``.npy`` files is read as images (default spec when
+    ``None``).
+
+    Raises:
+        DataError: the path does not exist or is none of those.
     """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     if path.is_dir():
+        samples = any(p.suffix in (".npz", ".npy") for p in path.iterdir())
+        if image_spec is not None or (not samples and _has_images(path)):
+            from calibration.images import ImageFolderDataset, ImageSpec
+
+            return ImageFolderDataset(path, specs, spec=image_spec or ImageSpec())  # type: ignore[arg-type]
         return FolderDataset(path, specs)
+    if image_spec is not None:
+        raise DataError(f"{path}: image preprocessing applies to a folder of images, not to a file")
     if path.suffix == ".npz":
         return NpzDataset(path, specs)
     raise DataError(f"{path}: data must be a .npz file or a folder of .npz/.npy files")

@@ -12,9 +12,11 @@ from calibration.datasets import (
     FolderDataset,
     IterableDataset,
     NpzDataset,
+    SyntheticDataset,
     check_dataset,
     input_specs,
     open_dataset,
+    select_samples,
 )
 from passes._errors import DataError
 
@@ -117,3 +119,68 @@ def test_iterable_dataset() -> None:
     check_dataset(data, SPECS)
     with pytest.raises(DataError, match="2 labels for 1 samples"):
         IterableDataset([{"a": np.ones((1, 3), np.float32)}], labels=[1, 2])
+
+
+def test_npz_rows_are_read_from_the_file(tmp_path: Path) -> None:
+    from calibration._npz import StoredArray
+
+    a = np.arange(15, dtype=np.float32).reshape(5, 3)
+    b = np.arange(10, dtype=np.int64).reshape(5, 2)
+    np.savez(tmp_path / "d.npz", a=a, b=b, labels=np.arange(5))
+    np.savez_compressed(tmp_path / "c.npz", a=a, b=b)
+    lazy, loaded = NpzDataset(tmp_path / "d.npz", SPECS), NpzDataset(tmp_path / "c.npz", SPECS)
+    assert isinstance(lazy._arrays["a"], StoredArray)  # uncompressed: nothing held
+    assert isinstance(loaded._arrays["a"], np.ndarray)  # compressed: loaded whole
+    for x, y in zip(lazy, loaded):
+        np.testing.assert_array_equal(x["a"], y["a"])
+        np.testing.assert_array_equal(x["b"], y["b"])
+        assert x["a"].shape == (1, 3) and x["b"].shape == (2,)
+    np.testing.assert_array_equal(lazy.sample(3)["a"], a[3:4])
+    np.testing.assert_array_equal(lazy.labels, np.arange(5))
+    with pytest.raises(IndexError):
+        lazy.sample(5)
+
+
+def test_select_samples_first_n_or_seeded_shuffle() -> None:
+    data = IterableDataset([{"a": np.full((1, 3), i, np.float32), "b": np.zeros(2, np.int64)} for i in range(10)],
+                           labels=list(range(10)))
+    first = select_samples(data, limit=4)
+    assert len(first) == 4 and [int(s["a"][0, 0]) for s in first] == [0, 1, 2, 3]
+    np.testing.assert_array_equal(first.labels, [0, 1, 2, 3])
+    assert select_samples(data) is data and len(select_samples(data, limit=50)) == 10
+    shuffled = select_samples(data, limit=5, shuffle=True, seed=3)
+    order = [int(s["a"][0, 0]) for s in shuffled]
+    assert order == list(np.random.default_rng(3).permutation(10)[:5])
+    assert order == [int(s["a"][0, 0]) for s in select_samples(data, limit=5, shuffle=True, seed=3)]
+    assert order != [int(s["a"][0, 0]) for s in select_samples(data, limit=5, shuffle=True, seed=4)]
+    np.testing.assert_array_equal(shuffled.labels, order)
+    assert "shuffled with seed 3" in shuffled.source
+    with pytest.raises(DataError, match="at least 1"):
+        select_samples(data, limit=0)
+
+
+def test_synthetic_dataset_is_deterministic_and_fits_the_model() -> None:
+    data = SyntheticDataset(SPECS, 3, seed=5, shapes={"a": (2, 3)})
+    assert data.synthetic and len(data) == 3
+    first, again = list(data), list(SyntheticDataset(SPECS, 3, seed=5, shapes={"a": (2, 3)}))
+    np.testing.assert_array_equal(first[2]["a"], again[2]["a"])
+    assert first[0]["a"].shape == (2, 3) and first[0]["b"].dtype == np.int64
+    check_dataset(data, SPECS)
+    assert SyntheticDataset(SPECS, 1).sample(0)["a"].shape == (1, 3)  # dynamic dims default to 1
+    assert select_samples(data, limit=2).synthetic
+
+
+def test_npz_scalar_inputs_are_arrays(tmp_path: Path) -> None:
+    scalar_model = onnx.parser.parse_model(
+        """
+        <ir_version: 8, opset_import: ["" : 13]>
+        s (float[N, 2] x, int64 sr) => (float[N, 2] y)
+        {
+            y = Identity(x)
+        }
+        """
+    )
+    specs = input_specs(scalar_model)
+    np.savez(tmp_path / "d.npz", x=np.zeros((3, 2), np.float32), sr=np.full(3, 16000, np.int64))
+    sample = next(iter(open_dataset(tmp_path / "d.npz", specs)))
+    assert isinstance(sample["sr"], np.ndarray) and sample["sr"].shape == () and sample["sr"] == 16000
