@@ -31,6 +31,7 @@ __all__ = [
     "run_passes_on_file",
     "fp16_file",
     "calibrate_model",
+    "quantize_file",
     "Fp16Options",
     "inspect_model",
     "simplify_file",
@@ -229,6 +230,13 @@ def calibrate_model(
     dataset = select_samples(dataset, limit=samples, shuffle=shuffle, seed=seed)
     check_dataset(dataset, specs)
     return collect(model, dataset, method=method, progress=progress)
+
+
+def quantize_file(*args: Any, **kwargs: Any) -> Any:
+    """See :func:`onnxslim.quantize.quantize_file`."""
+    from onnxslim.quantize import quantize_file as run
+
+    return run(*args, **kwargs)
 
 
 def zoo_listing(*, cache_dir: Path | None = None) -> list[dict[str, Any]]:

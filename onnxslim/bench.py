@@ -33,16 +33,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from onnxslim._bench_child import open_runner, run_child
 from onnxslim.cpu import CpuInfo, detect_cpu
 from onnxslim.io import load_model, model_file_size
 from onnxslim.report import human_bytes, markdown_table
-from onnxslim.runtime import GRAPH_OPT_LEVELS, InputSpec, input_specs, synthesize_feeds
+from onnxslim.runtime import GRAPH_OPT_LEVELS, InputSpec, cast_feeds, input_specs, make_session, run_model, synthesize_feeds
 from passes._errors import DataError, OnnxSlimError
 
-__all__ = ["RUNTIMES", "PERCENTILE_METHOD", "MIN_RUNS_WITH_BUDGET", "BenchOptions", "BenchRow", "BenchReport", "bench"]
+__all__ = ["RUNTIMES", "PERCENTILE_METHOD", "MIN_RUNS_WITH_BUDGET", "BenchOptions", "BenchRow", "BenchReport", "bench", "side_by_side_p50"]
 
 #: Engines ``--runtime`` accepts; every one but onnxruntime is an optional extra.
 RUNTIMES = ("onnxruntime", "openvino")
@@ -420,6 +421,35 @@ def _timed_rounds(
             say(f"timed runs: {r + 1}/{options.runs} round(s), {now - start:.0f} s")
             last = now
     return samples
+
+
+def side_by_side_p50(
+    models: Sequence[onnx.ModelProto],
+    feeds: Mapping[str, np.ndarray],
+    *,
+    threads: int = 1,
+    runs: int = 30,
+    warmup: int = 3,
+    graph_opt: str = "all",
+) -> list[float]:
+    """p50 latency in ms of each model on the same feeds, timed round-robin in this process.
+
+    The quick check commands use to say whether a rewrite made a model faster; ``bench`` is the
+    full measurement.
+    """
+    runners: dict[int, Callable[[], object]] = {}
+    for i, model in enumerate(models):
+        session = make_session(model, threads=threads, graph_opt=graph_opt)
+        runners[i] = functools.partial(run_model, session, cast_feeds(feeds, model))
+    for run in runners.values():
+        for _ in range(warmup):
+            run()
+
+    def fail(index: int, err: OnnxSlimError) -> None:
+        raise err
+
+    samples = _timed_rounds(runners, BenchOptions(runs=runs, warmup=0), lambda _: None, fail)
+    return [float(np.percentile(samples[i], 50, method=PERCENTILE_METHOD)) / 1e6 for i in range(len(models))]
 
 
 # ----------------------------------------------------------------------------- subprocesses

@@ -20,6 +20,9 @@ import click
 
 from onnxslim import __version__, api
 from onnxslim.bench import RUNTIMES, BenchOptions
+from calibration.images import load_image_spec
+from onnxslim.io import load_model, refuse_overwrite
+from onnxslim.quantize import QuantizeSettings
 from passes.fp16 import Fp16Options
 from onnxslim.runtime import parse_shape_option
 from passes._errors import OnnxSlimError
@@ -155,6 +158,80 @@ def fp16_cmd(model: Path, output: Path, keep_io_types: bool, block_ops: tuple[st
         report = api.fp16_file(model, output, options=options, calib=calib, samples=samples, verify=verify,
                                shapes=_shapes(shape), progress=tick)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.render())
+
+
+_IMAGE_HELP = ("For a folder of images: preprocessing as key=value pairs (e.g. resize=256,crop=224,mean=0.485:0.456:0.406,"
+               "std=0.229:0.224:0.225,order=rgb,layout=nchw,scale=255) or a .toml file; needs the images extra.")
+
+
+@main.command("calibrate")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--calib", type=click.Path(path_type=Path), required=True, help="Calibration samples (.npz, folder of .npz/.npy, or images).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Where to write the table (JSON).")
+@click.option("--method", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default="minmax", show_default=True,
+              help="How a tensor's range is chosen from its observed values.")
+@click.option("--samples", type=click.IntRange(min=1), help="Use at most N samples.")
+@click.option("--shuffle", is_flag=True, help="Take the N samples in a seeded random order instead of the first N.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --shuffle.")
+@click.option("--image-spec", metavar="SPEC|FILE.toml", help=_IMAGE_HELP)
+@_errors_to_exit_code
+def calibrate_cmd(model: Path, calib: Path, output: Path, method: str, samples: int | None, shuffle: bool, seed: int,
+                  image_spec: str | None) -> None:
+    """Run MODEL on calibration data and save the ranges of its tensors (reusable by quantize and fp16)."""
+    refuse_overwrite(output, model)
+    loaded = load_model(model)
+    spec = load_image_spec(image_spec) if image_spec else None
+    with _progress("calibrating") as tick:
+        table = api.calibrate_model(loaded, calib, method=method, samples=samples, shuffle=shuffle, seed=seed,
+                                    image_spec=spec, progress=tick)
+    table.save(output)
+    click.echo(f"{table.summary()}\nwrote {output}")
+
+
+@main.command("quantize")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Where to write the result.")
+@click.option("--mode", type=click.Choice(["static", "dynamic"]), default="static", show_default=True,
+              help="static: QDQ with calibrated activation ranges; dynamic: int8 weights, activations at run time (MatMul/Gemm).")
+@click.option("--calib", type=click.Path(path_type=Path), help="Calibration samples (.npz, folder of .npz/.npy, or images).")
+@click.option("--table", type=click.Path(path_type=Path), help="A table from `onnxslim calibrate` instead of --calib.")
+@click.option("--method", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default="minmax", show_default=True,
+              help="How activation ranges are chosen from the calibration data.")
+@click.option("--samples", type=click.IntRange(min=1), help="Use at most N calibration samples.")
+@click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight scales per output channel or per tensor.")
+@click.option("--activations", type=click.Choice(["u8", "s8"]), default="u8", show_default=True,
+              help="Static mode: asymmetric u8 or symmetric s8 activations.")
+@click.option("--reduce-range/--no-reduce-range", default=None,
+              help="7-bit weights (for CPUs without VNNI). Default: decided from this CPU, and said in the output.")
+@click.option("--exclude-op", "exclude_ops", multiple=True, metavar="OP", help="Never quantize this op type (repeatable).")
+@click.option("--exclude-node", "exclude_nodes", multiple=True, metavar="NAME", help="Never quantize this node (repeatable).")
+@click.option("--eval", "eval_data", type=click.Path(path_type=Path), help="Evaluate input and result on these samples.")
+@click.option("--metric", metavar="MODULE:FUNC", help="Task metric for --eval (see `onnxslim validate`).")
+@click.option("--max-drop", type=float, metavar="X", help="With --eval: exit 1 when accuracy/metric drops more than X.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Compare the result with the prepared model in onnxruntime (cosine) before writing it.")
+@click.option("--shape", "shape", multiple=True, help=_SHAPE_HELP + " For verification without --calib.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@click.pass_context
+@_errors_to_exit_code
+def quantize_cmd(ctx: click.Context, model: Path, output: Path, mode: str, calib: Path | None, table: Path | None,
+                 method: str, samples: int | None, per_channel: bool, activations: str, reduce_range: bool | None,
+                 exclude_ops: tuple[str, ...], exclude_nodes: tuple[str, ...], eval_data: Path | None, metric: str | None,
+                 max_drop: float | None, verify: bool, shape: tuple[str, ...], as_json: bool) -> None:
+    """Quantize MODEL to int8 and report size, fused int8 nodes, latency and (with --eval) accuracy."""
+    source = ctx.get_parameter_source("activations")
+    if mode == "dynamic" and source is not None and source.name == "COMMANDLINE":
+        raise click.UsageError("--activations applies to static mode; dynamic activations are always u8")
+    if calib is not None and table is not None:
+        raise click.UsageError("give --calib or --table, not both")
+    settings = QuantizeSettings(mode=mode, method=method, samples=samples, per_channel=per_channel, activations=activations,
+                                reduce_range=reduce_range, exclude_ops=exclude_ops, exclude_nodes=exclude_nodes)
+    with _progress("calibrating") as tick:
+        report = api.quantize_file(model, output, settings=settings, calib=calib, table=table, eval_data=eval_data,
+                                   metric=metric, max_drop=max_drop, verify=verify, shapes=_shapes(shape), progress=tick)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.render())
+    if not report.passed:
+        raise click.ClickException(f"gate not met: {report.validation.failures[0]}")
 
 
 @main.command("validate")

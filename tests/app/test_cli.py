@@ -225,3 +225,71 @@ def test_fp16_end_to_end(runner: CliRunner, lenet_path: Path, tmp_path: Path, ex
     if not extra or extra == ["--weights-only"]:  # same float32 interface: validate it
         check = runner.invoke(main, ["validate", str(lenet_path), str(out), "--data", str(data), "--max-drop", "0.005"])
         assert check.exit_code == 0, check.output
+
+
+def test_quantize_static_end_to_end(runner: CliRunner, lenet_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "lenet.int8.onnx"
+    calib = lenet_path.parent / "lenet5_digits_calib.npz"
+    test = lenet_path.parent / "lenet5_digits_test.npz"
+    result = runner.invoke(main, ["quantize", str(lenet_path), "-o", str(out), "--calib", str(calib), "--samples", "64",
+                                  "--eval", str(test), "--max-drop", "0.005", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["steps"][0]["name"] == "quantize-static" and doc["verification"].startswith("passed")
+    assert doc["steps"][0]["stats"]["quantized: Conv"] == 2
+    assert doc["fusion"]["int8"].get("QLinearConv") == 2  # onnxruntime really runs the convs in int8
+    assert doc["latency"]["input_p50_ms"] > 0 and doc["latency"]["output_p50_ms"] > 0
+    assert doc["validation"]["accuracy"]["drop"] <= 0.005
+    assert any("reduce-range" in note for note in doc["notes"])  # the CPU-dependent choice is stated
+    assert out.stat().st_size < 0.4 * lenet_path.stat().st_size
+
+
+def test_quantize_dynamic_end_to_end(runner: CliRunner, lenet_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "lenet.dyn.onnx"
+    result = runner.invoke(main, ["quantize", str(lenet_path), "-o", str(out), "--mode", "dynamic", "--no-reduce-range",
+                                  "--shape", "input=1x1x32x32"])
+    assert result.exit_code == 0, result.output
+    assert "quantize-dynamic" in result.stdout and "fusion:" in result.stdout and "latency" in result.stdout
+    assert "reduce-range as requested" in result.stdout
+
+
+def test_quantize_errors(runner: CliRunner, lenet_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "q.onnx"
+    _assert_one_line_error(runner.invoke(main, ["quantize", str(lenet_path), "-o", str(out)]), "needs calibration data")
+    assert not out.exists()
+    bad = runner.invoke(main, ["quantize", str(lenet_path), "-o", str(out), "--mode", "dynamic", "--activations", "s8"])
+    assert bad.exit_code == 2
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, input=np.zeros((4, 1, 28, 28), np.float32))
+    _assert_one_line_error(runner.invoke(main, ["quantize", str(lenet_path), "-o", str(out), "--calib", str(wrong)]),
+                           "input 'input' has shape 1x1x28x28, the model expects batchx1x32x32")
+    assert not out.exists()
+
+
+def test_calibrate_then_quantize_from_the_table(runner: CliRunner, lenet_path: Path, tmp_path: Path) -> None:
+    table = tmp_path / "lenet.json"
+    calib = lenet_path.parent / "lenet5_digits_calib.npz"
+    result = runner.invoke(main, ["calibrate", str(lenet_path), "--calib", str(calib), "-o", str(table),
+                                  "--method", "percentile", "--samples", "32", "--shuffle"])
+    assert result.exit_code == 0, result.output
+    assert "with 'percentile' on 32 samples" in result.stdout
+    doc = json.loads(table.read_text())
+    assert doc["method"] == "percentile" and doc["samples"] == 32 and "input" in doc["tensors"]
+    out = tmp_path / "q.onnx"
+    quant = runner.invoke(main, ["quantize", str(lenet_path), "-o", str(out), "--table", str(table)])
+    assert quant.exit_code == 0, quant.output
+    assert "within their calibrated ranges" in quant.stdout and "verification: passed" in quant.stdout
+
+
+def test_calibrate_errors(runner: CliRunner, lenet_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "t.json"
+    missing = runner.invoke(main, ["calibrate", str(lenet_path), "--calib", str(tmp_path / "none.npz"), "-o", str(out)])
+    _assert_one_line_error(missing, "no such file")
+    assert not out.exists()
+    other = tmp_path / "other.onnx"
+    other.write_bytes(_conv_bn_model().SerializeToString())
+    table = tmp_path / "lenet.json"
+    runner.invoke(main, ["calibrate", str(lenet_path), "--calib", str(lenet_path.parent / "lenet5_digits_calib.npz"),
+                         "-o", str(table), "--samples", "8"])
+    wrong = runner.invoke(main, ["quantize", str(other), "-o", str(tmp_path / "q.onnx"), "--table", str(table)])
+    assert wrong.exit_code == 1 and "another model" in wrong.stderr

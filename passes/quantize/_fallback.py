@@ -1,0 +1,150 @@
+"""Data-driven fallback: return the units that lose the most accuracy to float until outputs hold.
+
+Policy rule (e). With samples of the user's data (``RunContext.dataset``):
+
+1. quantize with the static rules;
+2. run the float model and the quantized one (graph optimizations off) on ``fallback_samples``
+   samples, exposing every quantized tensor: in the float model the tensor itself, in the
+   quantized model its DequantizeLinear output — like with like, so when a Relu was absorbed
+   both sides are post-Relu values;
+3. if every graph output's SQNR (summed over samples) reaches ``fallback_min_sqnr``, stop;
+4. else rank units by the SQNR they *lose*: ``min SQNR of its inputs - SQNR of its output`` (the
+   unit's own contribution, not error it inherited), add the worst few to the float set, and
+   go to 1 — at most ``fallback_max_fraction`` of the units, in at most ``_ROUNDS`` rounds.
+
+The stats say which nodes fell back and the output SQNR before and after.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+__all__ = ["quantize_with_fallback", "tensor_sqnr"]
+
+log = logging.getLogger(__name__)
+_ROUNDS = 6
+_CAP = 40.0  # dB: noise below this is negligible; an exact input does not make its unit look bad
+
+
+def _session(model: onnx.ModelProto, outputs: list[str]) -> ort.InferenceSession:
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    have = {o.name for o in work.graph.output}
+    work.graph.output.extend(onnx.helper.make_empty_tensor_value_info(o) for o in outputs if o not in have)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(work.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+class _Acc:
+    def __init__(self) -> None:
+        self.signal: dict[str, float] = {}
+        self.noise: dict[str, float] = {}
+
+    def add(self, name: str, ref: np.ndarray, got: np.ndarray) -> None:
+        if ref.shape != got.shape:
+            return
+        r, g = ref.astype(np.float64), got.astype(np.float64)
+        self.signal[name] = self.signal.get(name, 0.0) + float(np.sum(r * r))
+        self.noise[name] = self.noise.get(name, 0.0) + float(np.sum((r - g) ** 2))
+
+    def sqnr(self, name: str) -> float:
+        s, n = self.signal.get(name, 0.0), self.noise.get(name, 0.0)
+        if n <= 0:
+            return math.inf
+        return 10 * math.log10(max(s, 1e-30) / n)
+
+
+def tensor_sqnr(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, pairs: Mapping[str, str],
+                samples: Iterable[Mapping[str, np.ndarray]]) -> dict[str, float]:
+    """SQNR (dB, summed over ``samples``) of ``quant_model[pairs[t]]`` against ``float_model[t]``."""
+    names = list(pairs)
+    ref_sess = _session(float_model, names)
+    got_sess = _session(quant_model, [pairs[t] for t in names])
+    ref_inputs = {i.name for i in ref_sess.get_inputs()}
+    acc = _Acc()
+    for sample in samples:
+        feeds = {k: np.asarray(v) for k, v in sample.items() if k in ref_inputs}
+        ref = dict(zip([o.name for o in ref_sess.get_outputs()], ref_sess.run(None, feeds)))
+        got = dict(zip([o.name for o in got_sess.get_outputs()], got_sess.run(None, feeds)))
+        for t in names:
+            if t in ref and pairs[t] in got and np.asarray(ref[t]).dtype.kind == "f":
+                acc.add(t, np.asarray(ref[t]), np.asarray(got[pairs[t]]))
+    return {t: acc.sqnr(t) for t in names}
+
+
+def _pairs(quant_model: onnx.ModelProto) -> dict[str, str]:
+    """tensor -> its DequantizeLinear output in the quantized model (activations only)."""
+    q_of = {n.output[0]: n.input[0] for n in quant_model.graph.node if n.op_type == "QuantizeLinear"}
+    return {q_of[n.input[0]]: n.output[0] for n in quant_model.graph.node
+            if n.op_type == "DequantizeLinear" and n.input[0] in q_of}
+
+
+def _ancestors(model: onnx.ModelProto, targets: Iterable[str]) -> set[str]:
+    """Tensor names upstream of ``targets`` (inclusive)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    seen, stack = set(), list(targets)
+    while stack:
+        t = stack.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        node = producer.get(t)
+        if node is not None:
+            stack.extend(i for i in node.input if i)
+    return seen
+
+
+def _damage(units, sqnr: Mapping[str, float], upstream: set[str]) -> list[tuple[float, str]]:
+    """Units upstream of the failing outputs, by the SQNR they lose (capped at _CAP dB)."""
+    ranked = []
+    for name, acts, out in units:
+        if out is None or out not in sqnr or out not in upstream:
+            continue
+        before = min(min((sqnr.get(a, math.inf) for a in acts), default=math.inf), _CAP)
+        ranked.append((before - min(sqnr[out], _CAP), name))
+    return sorted(ranked, reverse=True)
+
+
+def quantize_with_fallback(model: onnx.ModelProto, table, options, dataset) -> tuple[onnx.ModelProto, dict]:
+    """Quantize, then fall back the most damaging units until outputs reach the SQNR target."""
+    from passes.quantize._static import quantize_static
+
+    samples = []
+    for i, s in enumerate(dataset):
+        if i >= options.fallback_samples:
+            break
+        samples.append({k: np.asarray(v) for k, v in s.items()})
+    extra: set[str] = set()
+    first = None
+    for _round in range(_ROUNDS):
+        quant, stats = quantize_static(model, table, options, extra_float=frozenset(extra))
+        outputs = stats["output_parts"]
+        pairs = _pairs(quant)
+        pairs.update({o: o for o in outputs})
+        sqnr = tensor_sqnr(model, quant, pairs, samples)
+        failing = [o for o in outputs if sqnr.get(o, math.inf) < options.fallback_min_sqnr]
+        worst = min((sqnr[o] for o in outputs if o in sqnr), default=math.inf)
+        stats["fallback: output parts SQNR dB"] = {o: round(sqnr.get(o, math.inf), 2) for o in outputs}
+        first = worst if first is None else first
+        log.debug("fallback round %d: worst output SQNR %.1f dB, %d float", _round, worst, len(extra))
+        limit = int(options.fallback_max_fraction * (stats["nodes_quantized"] + len(extra)))
+        if worst >= options.fallback_min_sqnr or len(extra) >= limit:
+            break
+        units = stats["unit_io"]
+        step = max(1, min(limit - len(extra), math.ceil(0.05 * len(units))))
+        ranked = [name for _, name in _damage(units, sqnr, _ancestors(model, failing)) if name not in extra]
+        if not ranked:
+            break
+        extra.update(ranked[:step])
+    stats["fallback: output SQNR dB before"] = round(first, 2)
+    stats["fallback: output SQNR dB after"] = round(worst, 2)
+    stats["fallback: nodes kept float"] = sorted(extra)
+    return quant, stats
