@@ -20,7 +20,6 @@ from passes._errors import DataError
 __all__ = ["StoredArray", "open_npz"]
 
 
-
 class StoredArray:
     """A C-order array stored uncompressed in a ``.npz``, read from the file a few rows at a time."""
 

@@ -18,8 +18,9 @@ from onnxslim.report import human_bytes, markdown_table
 from onnxslim.runtime import runnable_feeds
 from onnxslim.summary import ModelSummary, parameter_stats, summarize
 from onnxslim.validate import ValidationReport, validate
-from calibration.collect import collect
+from calibration.collect import DEFAULT_BUDGET, collect
 from calibration.datasets import Dataset, check_dataset, input_specs, open_dataset, select_samples
+from calibration.observers import ObserverOptions
 from calibration.table import CalibrationTable
 from passes._base import RunContext
 from passes.fp16 import ConvertFloat16Pass, Fp16Options
@@ -223,13 +224,16 @@ def calibrate_model(
     seed: int = 0,
     image_spec: Any = None,
     progress: Callable[[int, int], None] | None = None,
+    percentile: float | None = None,
+    budget_bytes: int = DEFAULT_BUDGET,
 ) -> CalibrationTable:
     """Collect a calibration table for ``model`` from ``data`` (checked against its inputs first)."""
     specs = input_specs(model)
     dataset = data if isinstance(data, Dataset) else open_dataset(data, specs, image_spec=image_spec)
     dataset = select_samples(dataset, limit=samples, shuffle=shuffle, seed=seed)
     check_dataset(dataset, specs)
-    return collect(model, dataset, method=method, progress=progress)
+    observer = ObserverOptions() if percentile is None else ObserverOptions(percentile=percentile)
+    return collect(model, dataset, method=method, progress=progress, observer_options=observer, budget_bytes=budget_bytes)
 
 
 def quantize_file(*args: Any, **kwargs: Any) -> Any:

@@ -20,7 +20,9 @@ import click
 
 from onnxslim import __version__, api
 from onnxslim.bench import RUNTIMES, BenchOptions
+from calibration.collect import DEFAULT_BUDGET
 from calibration.images import load_image_spec
+from calibration.observers import ObserverOptions
 from onnxslim.io import load_model, refuse_overwrite
 from onnxslim.quantize import QuantizeSettings
 from passes.fp16 import Fp16Options
@@ -66,6 +68,7 @@ def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
             return
         if "bar" not in state:
             state["bar"] = click.progressbar(length=total, label=label, file=sys.stderr).__enter__()
+        state["bar"].length = total  # a calibration pass split to fit memory adds runs
         state["bar"].update(done - state.get("done", 0))
         state["done"] = done
 
@@ -161,7 +164,8 @@ def fp16_cmd(model: Path, output: Path, keep_io_types: bool, block_ops: tuple[st
 
 
 _IMAGE_HELP = ("For a folder of images: preprocessing as key=value pairs (e.g. resize=256,crop=224,mean=0.485:0.456:0.406,"
-               "std=0.229:0.224:0.225,order=rgb,layout=nchw,scale=255) or a .toml file; needs the images extra.")
+               "std=0.229:0.224:0.225,channels=RGB,layout=NCHW,scale=1/255) or a .toml file with the same keys; "
+               "x = (pixel*scale - mean) / std. Needs the images extra.")
 
 
 @main.command("calibrate")
@@ -174,16 +178,21 @@ _IMAGE_HELP = ("For a folder of images: preprocessing as key=value pairs (e.g. r
 @click.option("--shuffle", is_flag=True, help="Take the N samples in a seeded random order instead of the first N.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --shuffle.")
 @click.option("--image-spec", metavar="SPEC|FILE.toml", help=_IMAGE_HELP)
+@click.option("--percentile", type=click.FloatRange(50, 100), default=ObserverOptions().percentile, show_default=True,
+              help="With --method percentile: the share of values the range keeps.")
+@click.option("--budget", "budget_mib", type=click.IntRange(min=16), default=DEFAULT_BUDGET // 2**20, show_default=True,
+              help="MiB of exposed tensors per run; above it the tensors are split over several passes of the data.")
 @_errors_to_exit_code
 def calibrate_cmd(model: Path, calib: Path, output: Path, method: str, samples: int | None, shuffle: bool, seed: int,
-                  image_spec: str | None) -> None:
+                  image_spec: str | None, percentile: float, budget_mib: int) -> None:
     """Run MODEL on calibration data and save the ranges of its tensors (reusable by quantize and fp16)."""
     refuse_overwrite(output, model)
     loaded = load_model(model)
     spec = load_image_spec(image_spec) if image_spec else None
     with _progress("calibrating") as tick:
         table = api.calibrate_model(loaded, calib, method=method, samples=samples, shuffle=shuffle, seed=seed,
-                                    image_spec=spec, progress=tick)
+                                    image_spec=spec, progress=tick, percentile=percentile,
+                                    budget_bytes=budget_mib * 2**20)
     table.save(output)
     click.echo(f"{table.summary()}\nwrote {output}")
 

@@ -423,6 +423,38 @@ def test_self_gated_activation_stays_float_and_conv_still_fuses(tmp_path):
     _assert_close(model, result.model)
 
 
+def _silu_model() -> onnx.ModelProto:
+    nodes = [helper.make_node("Conv", ["x", "W1"], ["a"], name="conv1"),
+             helper.make_node("Sigmoid", ["a"], ["g"], name="gate"),
+             helper.make_node("Mul", ["a", "g"], ["s"], name="silu"),
+             helper.make_node("Conv", ["s", "W2"], ["c"], name="conv2"),
+             helper.make_node("Tanh", ["c"], ["y"])]
+    return _model(nodes, [_vi("x", [1, 3, 6, 6])], [_vi("y", None)],
+                  {"W1": _w(4, 3, 1, 1), "W2": _w(4, 4, 1, 1, seed=1)})
+
+
+def test_self_gates_quantized_when_asked_fuse_to_qlinear_sigmoid_and_mul(tmp_path):
+    model = _silu_model()
+    result = _quantize(model, StaticQuantOptions(policy=PolicyOptions(float_self_gates=False)))
+    assert "gate" not in result.stats["float_nodes"] and "silu" not in result.stats["float_nodes"]
+    fused = _fused(result.model, tmp_path)
+    assert fused.get("QLinearConv") == 2 and fused.get("QLinearSigmoid") == 1 and fused.get("QLinearMul") == 1
+    _assert_close(model, result.model)
+
+
+def test_fallback_returns_a_self_gate_group_as_a_whole():
+    """With quantized gates, the fallback floats producer, gate and Mul together (rule (g))."""
+    model = _silu_model()
+    table = collect(model, _feeds(model, 8, seed=1))
+    opts = StaticQuantOptions(policy=PolicyOptions(float_self_gates=False), fallback_min_sqnr=200.0,
+                              fallback_max_fraction=0.5)
+    result = QuantizeStaticPass(opts).apply(model, RunContext(calibration=table, dataset=_feeds(model, 4, seed=1)))
+    kept = result.stats["fallback: nodes kept float"]
+    group = {"conv1", "gate", "silu"}
+    assert group <= set(kept) or not group & set(kept), kept  # never a part of the group alone
+    assert kept
+
+
 def test_fallback_returns_units_to_float_with_data():
     model = conv_relu_conv()
     table = collect(model, _feeds(model, 8, seed=1))
