@@ -130,10 +130,12 @@ class Dataset(abc.ABC):
     def __len__(self) -> int:
         """Number of samples."""
 
+    _labels: np.ndarray | None = None
+
     @property
     def labels(self) -> np.ndarray | None:
         """One label per sample, or ``None``."""
-        return None
+        return self._labels
 
 
 class NpzDataset(Dataset):
@@ -160,10 +162,6 @@ class NpzDataset(Dataset):
 
     def __len__(self) -> int:
         return self._count
-
-    @property
-    def labels(self) -> np.ndarray | None:
-        return self._labels
 
     def __iter__(self) -> Iterator[Sample]:
         for i in range(self._count):
@@ -203,10 +201,6 @@ class FolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self._files)
 
-    @property
-    def labels(self) -> np.ndarray | None:
-        return self._labels
-
     def __iter__(self) -> Iterator[Sample]:
         for path in self._files:
             yield self._read(path)
@@ -238,10 +232,6 @@ class IterableDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self._samples)
-
-    @property
-    def labels(self) -> np.ndarray | None:
-        return self._labels
 
     def __iter__(self) -> Iterator[Sample]:
         return iter(self._samples)
