@@ -9,7 +9,8 @@ Policy rule (e). With samples of the user's data (``RunContext.dataset``):
    both sides are post-Relu values;
 3. if every graph output's SQNR (summed over samples) reaches ``fallback_min_sqnr``, stop;
 4. else rank units by the SQNR they *lose*: ``min SQNR of its inputs - SQNR of its output`` (the
-   unit's own contribution, not error it inherited), add the worst few to the float set, and
+   unit's own contribution, not error it inherited; a self-gate group — producer, gate, Mul —
+   counts as one unit, policy rule (g)), add the worst few to the float set, and
    go to 1 — at most ``fallback_max_fraction`` of the units, in at most ``_ROUNDS`` rounds.
 
 The stats say which nodes fell back and the output SQNR before and after.
@@ -102,15 +103,39 @@ def _ancestors(model: onnx.ModelProto, targets: Iterable[str]) -> set[str]:
     return seen
 
 
-def _damage(units, sqnr: Mapping[str, float], upstream: set[str]) -> list[tuple[float, str]]:
-    """Units upstream of the failing outputs, by the SQNR they lose (capped at _CAP dB)."""
-    ranked = []
+def _grouped(units, groups) -> list[tuple[list[str], list[str], str | None]]:
+    """Units merged into the policy's fallback groups (rule (g)): ``(labels, inputs, output)``.
+
+    Only quantized members count (a float gate is no unit and must not use up the fallback's
+    budget). A group's inputs are its members' inputs produced outside it, its output the output
+    of its last member; a unit in no group is a group of one.
+    """
+    by_label = {name: (acts, out) for name, acts, out in units}
+    owner: dict[str, int] = {}
+    merged: list[tuple[list[str], list[str], str | None]] = []
+    for group in groups:
+        members = [m for m in group if m in by_label and m not in owner]
+        if not members:
+            continue
+        produced = {by_label[m][1] for m in members}
+        acts = [a for m in members for a in by_label[m][0] if a not in produced]
+        owner.update((m, len(merged)) for m in members)
+        merged.append((members, acts, by_label[members[-1]][1]))
     for name, acts, out in units:
+        if name not in owner:
+            merged.append(([name], list(acts), out))
+    return merged
+
+
+def _damage(units, sqnr: Mapping[str, float], upstream: set[str]) -> list[tuple[float, list[str]]]:
+    """Units (or groups) upstream of the failing outputs, by the SQNR they lose (capped at _CAP dB)."""
+    ranked = []
+    for names, acts, out in units:
         if out is None or out not in sqnr or out not in upstream:
             continue
         before = min(min((sqnr.get(a, math.inf) for a in acts), default=math.inf), _CAP)
-        ranked.append((before - min(sqnr[out], _CAP), name))
-    return sorted(ranked, reverse=True)
+        ranked.append((before - min(sqnr[out], _CAP), names))
+    return sorted(ranked, key=lambda r: r[0], reverse=True)
 
 
 def quantize_with_fallback(model: onnx.ModelProto, table, options, dataset) -> tuple[onnx.ModelProto, dict]:
@@ -138,12 +163,14 @@ def quantize_with_fallback(model: onnx.ModelProto, table, options, dataset) -> t
         limit = int(options.fallback_max_fraction * (stats["nodes_quantized"] + len(extra)))
         if worst >= options.fallback_min_sqnr or len(extra) >= limit:
             break
-        units = stats["unit_io"]
+        units = _grouped(stats["unit_io"], stats.get("unit_groups", ()))
         step = max(1, min(limit - len(extra), math.ceil(0.05 * len(units))))
-        ranked = [name for _, name in _damage(units, sqnr, _ancestors(model, failing)) if name not in extra]
+        ranked = [names for _, names in _damage(units, sqnr, _ancestors(model, failing))
+                  if not set(names) <= extra]
         if not ranked:
             break
-        extra.update(ranked[:step])
+        for names in ranked[:step]:
+            extra.update(names)
     stats["fallback: output SQNR dB before"] = round(first, 2)
     stats["fallback: output SQNR dB after"] = round(worst, 2)
     stats["fallback: nodes kept float"] = sorted(extra)

@@ -118,6 +118,7 @@ def quantize_static(model: onnx.ModelProto, table: Any, options: StaticQuantOpti
     stats["quantized_nodes"] = [name for name, _, _ in unit_io]
     stats["unit_io"] = unit_io
     stats["output_parts"] = list(decision.output_parts) or [o.name for o in graph.output]
+    stats["unit_groups"] = [list(g) for g in decision.groups]
     for name, reason in plan.float_nodes.items():
         log.debug("kept float: %s (%s)", name, reason)
     return (work if plan.units else model), stats
@@ -159,4 +160,5 @@ class QuantizeStaticPass(Pass):
             out, stats = quantize_static(model, ctx.calibration, opts)
         stats.pop("unit_io", None)
         stats.pop("output_parts", None)
+        stats.pop("unit_groups", None)
         return PassResult(out, stats["nodes_quantized"] > 0, stats)
