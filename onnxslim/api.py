@@ -33,6 +33,8 @@ __all__ = [
     "fp16_file",
     "calibrate_model",
     "quantize_file",
+    "prune_file",
+    "prune_dry_run",
     "Fp16Options",
     "inspect_model",
     "simplify_file",
@@ -113,6 +115,8 @@ class PassReport:
 
 
 _QUIET_STATS = {"nodes_before", "nodes_after"}
+#: List-valued stats that their command renders as its own table (prune's per-group rows).
+_OWN_TABLE_STATS = {"groups"}
 
 
 def _render_stats(name: str, stats: Mapping[str, Any]) -> list[str]:
@@ -120,7 +124,7 @@ def _render_stats(name: str, stats: Mapping[str, Any]) -> list[str]:
     scalars = [f"{k} {v}" for k, v in stats.items() if v and k not in _QUIET_STATS and not isinstance(v, (list, tuple, dict))]
     lines = [f"{name}: {', '.join(scalars) or 'nothing to do'}"]
     for key, value in stats.items():
-        if isinstance(value, (list, tuple)) and value:
+        if isinstance(value, (list, tuple)) and value and key not in _OWN_TABLE_STATS:
             lines.append(f"  {key}:")
             lines += [f"    - {_entry(item)}" for item in value]
     return lines
@@ -241,6 +245,20 @@ def quantize_file(*args: Any, **kwargs: Any) -> Any:
     from onnxslim.quantize import quantize_file as run
 
     return run(*args, **kwargs)
+
+
+def prune_file(*args: Any, **kwargs: Any) -> Any:
+    """See :func:`onnxslim.prune.prune_file`."""
+    from onnxslim.prune import prune_file as run
+
+    return run(*args, **kwargs)
+
+
+def prune_dry_run(*args: Any, **kwargs: Any) -> Any:
+    """See :func:`onnxslim.prune.dry_run`."""
+    from onnxslim.prune import dry_run
+
+    return dry_run(*args, **kwargs)
 
 
 def zoo_listing(*, cache_dir: Path | None = None) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ from calibration.observers import ObserverOptions
 from onnxslim.io import load_model, refuse_overwrite
 from onnxslim.quantize import QuantizeSettings
 from passes.fp16 import Fp16Options
+from passes.prune import PruneOptions
 from onnxslim.runtime import parse_shape_option
 from passes._errors import OnnxSlimError
 
@@ -238,6 +239,50 @@ def quantize_cmd(ctx: click.Context, model: Path, output: Path, mode: str, calib
     with _progress("calibrating") as tick:
         report = api.quantize_file(model, output, settings=settings, calib=calib, table=table, eval_data=eval_data,
                                    metric=metric, max_drop=max_drop, verify=verify, shapes=_shapes(shape), progress=tick)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.render())
+    if not report.passed:
+        raise click.ClickException(f"gate not met: {report.validation.failures[0]}")
+
+
+@main.command("prune")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Where to write the result (not needed with --dry-run).")
+@click.option("--ratio", type=click.FloatRange(0, 1, max_open=True), default=0.3, show_default=True,
+              help="Share of prunable channels to remove (global ranking unless --per-layer).")
+@click.option("--criterion", type=click.Choice(["l1", "l2", "bn", "activation"]), default="l1", show_default=True,
+              help="Channel importance, summed over each group; activation needs --calib.")
+@click.option("--per-layer", is_flag=True, help="Remove the ratio from every group instead of ranking globally.")
+@click.option("--round-to", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Kept channel counts are multiples of this (never zero).")
+@click.option("--exclude-node", "exclude_nodes", multiple=True, metavar="NAME", help="Never prune this node's channels (repeatable).")
+@click.option("--calib", type=click.Path(path_type=Path), help="Samples for activation importance, bias compensation and reconstruction.")
+@click.option("--samples", type=click.IntRange(min=1), help="Use at most N calibration samples.")
+@click.option("--reconstruct/--no-reconstruct", default=None,
+              help="Least-squares re-fit of the layers that lost inputs (default: on with --calib).")
+@click.option("--dry-run", is_flag=True, help="List the channel groups and what would be removed; write nothing.")
+@click.option("--eval", "eval_data", type=click.Path(path_type=Path), help="Evaluate input and result on these samples.")
+@click.option("--metric", metavar="MODULE:FUNC", help="Task metric for --eval (see `onnxslim validate`).")
+@click.option("--max-drop", type=float, metavar="X", help="With --eval: exit 1 when accuracy/metric drops more than X.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Check the result keeps output names, shapes and finiteness in onnxruntime.")
+@click.option("--shape", "shape", multiple=True, help=_SHAPE_HELP + " Used for verification.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@_errors_to_exit_code
+def prune_cmd(model: Path, output: Path | None, ratio: float, criterion: str, per_layer: bool, round_to: int,
+              exclude_nodes: tuple[str, ...], calib: Path | None, samples: int | None, reconstruct: bool | None,
+              dry_run: bool, eval_data: Path | None, metric: str | None, max_drop: float | None, verify: bool,
+              shape: tuple[str, ...], as_json: bool) -> None:
+    """Remove the least important channels of MODEL: a physically smaller model, same interface."""
+    options = PruneOptions(ratio=ratio, criterion=criterion, per_layer=per_layer, round_to=round_to,
+                           exclude_nodes=exclude_nodes, reconstruct=reconstruct)
+    if dry_run:
+        analysis = api.prune_dry_run(model, options, calib=calib, samples=samples)
+        click.echo(json.dumps(analysis.to_dict(), indent=2) if as_json else analysis.render())
+        return
+    if output is None:
+        raise click.UsageError("-o/--output is required (or use --dry-run)")
+    report = api.prune_file(model, output, options=options, calib=calib, samples=samples, eval_data=eval_data,
+                            metric=metric, max_drop=max_drop, verify=verify, shapes=_shapes(shape))
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.render())
     if not report.passed:
         raise click.ClickException(f"gate not met: {report.validation.failures[0]}")

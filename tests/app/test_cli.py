@@ -293,3 +293,37 @@ def test_calibrate_errors(runner: CliRunner, lenet_path: Path, tmp_path: Path) -
                          "-o", str(table), "--samples", "8"])
     wrong = runner.invoke(main, ["quantize", str(other), "-o", str(tmp_path / "q.onnx"), "--table", str(table)])
     assert wrong.exit_code == 1 and "another model" in wrong.stderr
+
+
+def test_prune_dry_run_lists_groups(runner: CliRunner, lenet_path: Path, tmp_path: Path) -> None:
+    result = runner.invoke(main, ["prune", str(lenet_path), "--ratio", "0.5", "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc and list(tmp_path.iterdir()) == []  # nothing written
+    text = runner.invoke(main, ["prune", str(lenet_path), "--dry-run"]).stdout
+    assert "graph output ('logits')" in text and "/conv2/Conv" in text
+
+
+def test_prune_lenet_with_reconstruction(runner: CliRunner, lenet_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "lenet.pruned.onnx"
+    calib = lenet_path.parent / "lenet5_digits_calib.npz"
+    test = lenet_path.parent / "lenet5_digits_test.npz"
+    result = runner.invoke(main, ["prune", str(lenet_path), "-o", str(out), "--ratio", "0.5", "--calib", str(calib),
+                                  "--eval", str(test), "--max-drop", "0.04", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    stats = doc["steps"][1]["stats"]
+    assert stats["params_after"] < 0.5 * stats["params_before"] == 0.5 * 61706
+    assert stats["macs_after"] < stats["macs_before"] == 416520
+    assert doc["validation"]["accuracy"]["candidate"] >= 0.95  # the target, calibration data only
+    pruned = onnx.load(out)
+    onnx.checker.check_model(pruned, full_check=True)
+    assert [i.name for i in pruned.graph.input] == ["input"] and [o.name for o in pruned.graph.output] == ["logits"]
+
+
+def test_prune_errors(runner: CliRunner, lenet_path: Path, tmp_path: Path) -> None:
+    assert runner.invoke(main, ["prune", str(lenet_path), "--ratio", "0.5"]).exit_code == 2  # no -o
+    out = tmp_path / "p.onnx"
+    result = runner.invoke(main, ["prune", str(lenet_path), "-o", str(out), "--criterion", "activation"])
+    _assert_one_line_error(result, "needs calibration data")
+    assert not out.exists()

@@ -1,0 +1,71 @@
+"""The options of channel pruning (one field per ``onnxslim prune`` flag)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from passes._errors import OnnxSlimError
+from passes.prune._importance import CRITERIA
+
+__all__ = ["PruneOptions"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneOptions:
+    """What :class:`~passes.prune.PruneChannelsPass` does.
+
+    Attributes:
+        ratio: fraction of the prunable channels to remove (``--ratio``), in ``[0, 1)``.
+        criterion: channel importance, one of ``l1``, ``l2``, ``bn``, ``activation``
+            (``--criterion``); ``activation`` needs calibration data.
+        per_layer: remove ``ratio`` of every group (``--per-layer``) instead of ranking all
+            channels together (global, scores normalized by their group's mean).
+        round_to: kept channel counts are multiples of this (or the full count), never zero
+            (``--round-to``).
+        exclude_nodes: node names left untouched (``--exclude-node``): every group touching
+            one of their inputs, outputs or parameters is frozen.
+        reconstruct: least-squares re-fit of the layers that lost inputs (``--reconstruct``);
+            ``None`` means on when calibration data is given. Mean compensation of the bias
+            is always done when calibration data is given.
+        max_ratio: no group loses more than this fraction of its channels.
+        calib_samples: calibration samples used for statistics and re-fit (the first ones).
+        refit_rows: output positions per sample and layer used by the re-fit.
+        ridge: pull of the re-fit toward the mean-compensated weights.
+        sequential_refit: re-fit layer by layer on the partly repaired model's own inputs
+            (robust, one run over the data per round of layers); ``False`` fits every layer in
+            one run on the unpruned model's inputs restricted to the kept channels (fast).
+        input_shapes: whole input shapes (``--shape``) used for MACs; by default the first
+            calibration sample's shapes, else the model's static dims.
+        seed: seed of the re-fit's position sampling.
+    """
+
+    ratio: float = 0.3
+    criterion: str = "l1"
+    per_layer: bool = False
+    round_to: int = 8
+    exclude_nodes: tuple[str, ...] = ()
+    reconstruct: bool | None = None
+    max_ratio: float = 0.9
+    calib_samples: int = 64
+    refit_rows: int = 1024
+    ridge: float = 1e-3
+    sequential_refit: bool = True
+    input_shapes: Mapping[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (0.0 <= self.ratio < 1.0, f"ratio must be in [0, 1), got {self.ratio}"),
+            (self.criterion in CRITERIA, f"criterion must be one of {', '.join(CRITERIA)}, got '{self.criterion}'"),
+            (self.round_to >= 1, f"round_to must be at least 1, got {self.round_to}"),
+            (0.0 < self.max_ratio <= 1.0, f"max_ratio must be in (0, 1], got {self.max_ratio}"),
+            (self.calib_samples >= 1, f"calib_samples must be at least 1, got {self.calib_samples}"),
+            (self.refit_rows >= 1, f"refit_rows must be at least 1, got {self.refit_rows}"),
+            (self.ridge >= 0.0, f"ridge must be >= 0, got {self.ridge}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise OnnxSlimError(message)
+        object.__setattr__(self, "exclude_nodes", tuple(self.exclude_nodes))
+        object.__setattr__(self, "input_shapes", {k: tuple(int(d) for d in v) for k, v in self.input_shapes.items()})

@@ -1,0 +1,233 @@
+"""The pruning flow: prepare, analyse, score, plan, apply, repair, count.
+
+1. A copy of the model gets its ``Constant``-node tensors as initializers (PaddleOCR exports keep
+   weights in Constant nodes), so that every weight is a sliceable parameter.
+2. Shapes are inferred (input dims fixed from ``input_shapes`` or the first calibration sample),
+   the groups are built (:func:`~passes.prune._groups.build_groups`) and the prunable ones
+   scored; with calibration data, one run over it measures ``mean(x)`` and ``mean|x|`` of every
+   consumer input.
+3. The plan (channels to remove per group) is applied; with calibration data the consumers'
+   biases are mean-compensated and, when ``reconstruct`` is on, their weights re-fitted.
+4. Parameters and MACs are recounted on the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from passes._graph import topological_sort
+from passes.prune._apply import apply_removal
+from passes.prune._collect import Samples, channel_stats, pick_batch
+from passes.prune._context import Dims, GraphContext, infer_dims
+from passes.prune._cost import count_params, group_cost, node_macs, total_macs
+from passes.prune._groups import GroupSet, build_groups
+from passes.prune._importance import group_scores, plan_removal
+from passes.prune._options import PruneOptions
+from passes.prune._reconstruct import RefitOptions, compensate_means, refit_layers
+
+__all__ = ["Plan", "lift_constants", "plan_pruning", "prune_model"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything decided before the model is changed.
+
+    Attributes:
+        model: the prepared copy (Constant tensors lifted to initializers).
+        groups: the channel groups.
+        scores: group id -> importance per channel (prunable groups).
+        removal: group id -> channels to remove (prunable groups; may be empty).
+        notes: counters of fallbacks (e.g. a criterion that fell back to L1).
+        dims: inferred dims of the prepared model.
+        macs: MACs per node of the prepared model.
+        means: ``(tensor, axis)`` -> (mean, mean |x|) of consumer inputs, with calibration data.
+        samples: the calibration samples (batched when the model allows), or ``None``.
+    """
+
+    model: onnx.ModelProto
+    groups: GroupSet
+    scores: Mapping[int, np.ndarray]
+    removal: Mapping[int, np.ndarray]
+    notes: Counter[str]
+    dims: Mapping[str, Dims]
+    macs: Mapping[int, int | None]
+    means: Mapping[tuple[str, int], tuple[np.ndarray, np.ndarray]]
+    samples: Samples | None
+
+
+def lift_constants(model: onnx.ModelProto) -> int:
+    """Turn the main graph's ``Constant`` tensors into initializers of the same name (in place)."""
+    if model.ir_version and model.ir_version < 4:
+        return 0  # initializers must also be graph inputs before IR 4
+    outputs = {v.name for v in model.graph.output}
+    lifted, kept = 0, []
+    for node in model.graph.node:
+        value = _constant_tensor(node) if node.output and node.output[0] not in outputs else None
+        if value is None:
+            kept.append(node)
+            continue
+        model.graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
+        lifted += 1
+    if lifted:
+        names = {t.name for t in model.graph.initializer}
+        stale = [v for v in model.graph.value_info if v.name not in names]
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(stale)
+        copies = [onnx.NodeProto() for _ in kept]
+        for dst, src in zip(copies, kept):
+            dst.CopyFrom(src)
+        del model.graph.node[:]
+        model.graph.node.extend(copies)
+    return lifted
+
+
+def _constant_tensor(node: onnx.NodeProto) -> np.ndarray | None:
+    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.attribute) != 1:
+        return None
+    attr = node.attribute[0]
+    values = {
+        "value": lambda: numpy_helper.to_array(attr.t) if attr.t.data_type != onnx.TensorProto.STRING else None,
+        "value_float": lambda: np.array(attr.f, np.float32),
+        "value_floats": lambda: np.array(list(attr.floats), np.float32),
+        "value_int": lambda: np.array(attr.i, np.int64),
+        "value_ints": lambda: np.array(list(attr.ints), np.int64),
+    }
+    return values[attr.name]() if attr.name in values else None
+
+
+def _input_shapes(model: onnx.ModelProto, options: PruneOptions, samples: Samples | None) -> dict[str, tuple[int, ...]]:
+    """``input_shapes``, else the first sample's shapes, else static shapes with a dynamic batch of 1."""
+    if options.input_shapes:
+        return dict(options.input_shapes)
+    if samples is not None:
+        return {k: tuple(np.asarray(v).shape) for k, v in samples.first().items()}
+    shapes = {}
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        sizes = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
+        if sizes and None not in sizes[1:]:
+            shapes[value.name] = (sizes[0] or 1, *sizes[1:])
+    return shapes
+
+
+def _arrays(model: onnx.ModelProto, names: Iterable[str]) -> dict[str, np.ndarray]:
+    wanted = set(names)
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name in wanted}
+
+
+def plan_pruning(model: onnx.ModelProto, options: PruneOptions, samples: Samples | None) -> Plan:
+    """Prepare a copy of ``model``, build and score its groups and choose the channels to remove."""
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    lift_constants(work)
+    dims = infer_dims(work, _input_shapes(work, options, samples))
+    if samples is not None:
+        samples = pick_batch(work, samples)
+    groups = build_groups(work, GraphContext(work, dims), exclude=options.exclude_nodes)
+    prunable = [g for g in groups.groups if g.prunable]
+    wanted = sorted({(c.data.tensor, c.data.axis) for g in prunable for c in g.consumers if c.kind != "Depthwise"})
+    means = channel_stats(work, samples, wanted) if samples is not None else {}
+    arrays = _arrays(work, {p.initializer for g in prunable for p in g.params})
+    notes: Counter[str] = Counter()
+    scores = {}
+    for g in prunable:
+        scores[g.id], note = group_scores(g, arrays, options.criterion, {k: v[1] for k, v in means.items()})
+        if note:
+            notes[note] += 1
+    removal = plan_removal(groups.groups, scores, ratio=options.ratio, per_layer=options.per_layer,
+                           round_to=options.round_to, max_ratio=options.max_ratio)
+    return Plan(work, groups, scores, removal, notes, dims, node_macs(work, dims), means, samples)
+
+
+def _group_rows(plan: Plan) -> list[dict[str, Any]]:
+    numel = {t.name: int(np.prod(t.dims)) for t in plan.model.graph.initializer}
+    rows = []
+    for g in plan.groups.groups:
+        if not g.prunable:
+            continue
+        units = plan.removal.get(g.id, np.zeros(0, np.int64))
+        rows.append({"id": g.id, "channels_before": g.size, "channels_after": g.size - len(units),
+                     "producers": g.nodes("out"), "consumers": g.nodes("in"),
+                     **group_cost(g, units, numel, plan.macs)})
+    return rows
+
+
+def _base_stats(plan: Plan) -> dict[str, Any]:
+    groups = plan.groups.groups
+    prunable = [g for g in groups if g.prunable]
+    removed = sum(len(plan.removal.get(g.id, ())) for g in prunable)
+    stats: dict[str, Any] = {
+        "groups_total": len(groups),
+        "groups_prunable": len(prunable),
+        "groups_frozen": len(groups) - len(prunable),
+        "groups_pruned": sum(1 for g in prunable if len(plan.removal.get(g.id, ()))),
+        "channels_before": sum(g.size for g in prunable),
+        "channels_after": sum(g.size for g in prunable) - removed,
+        "channels_removed": removed,
+    }
+    stats.update({f"frozen: {k}": v for k, v in sorted(Counter(g.category for g in groups if not g.prunable).items())})
+    stats.update({f"note: {k}": v for k, v in sorted(plan.notes.items())})
+    return stats
+
+
+def _repair(
+    work: onnx.ModelProto, reference: onnx.ModelProto, plan: Plan, kept: Mapping[Any, np.ndarray],
+    consumers: list, originals: Mapping[str, np.ndarray], options: PruneOptions,
+) -> dict[str, Any]:
+    """Mean compensation and (unless switched off) the re-fit, in place; returns their stats."""
+    stats: dict[str, Any] = {}
+    skipped: Counter[str] = Counter()
+    done, reasons = compensate_means(work, consumers, kept, originals, {k: v[0] for k, v in plan.means.items()})
+    stats["mean_compensated"] = done
+    skipped.update(f"mean compensation: {r}" for r in reasons)
+    if options.reconstruct is not False:
+        refit = RefitOptions(ridge=options.ridge, rows=options.refit_rows, seed=options.seed,
+                             sequential=options.sequential_refit)
+        fits, reasons = refit_layers(work, reference, consumers, kept, plan.samples, refit)
+        stats["reconstructed"] = len(fits)
+        if fits:
+            stats["refit_db_min"], stats["refit_db_median"] = round(min(fits), 2), round(float(np.median(fits)), 2)
+        skipped.update(f"re-fit: {r}" for r in reasons)
+    stats.update({f"skipped: {k}": v for k, v in sorted(skipped.items())})
+    return stats
+
+
+def prune_model(
+    model: onnx.ModelProto, options: PruneOptions, *, dataset: Iterable[Mapping[str, np.ndarray]] | None = None
+) -> tuple[onnx.ModelProto, bool, dict[str, Any]]:
+    """Prune a copy of ``model``; returns ``(model, changed, stats)`` (``model`` itself when unchanged).
+
+    Args:
+        model: the model (not modified).
+        options: what to remove and how to repair.
+        dataset: calibration samples (``dict[input name -> array]``), or ``None``.
+    """
+    samples = Samples(dataset, options.calib_samples) if dataset is not None else None
+    plan = plan_pruning(model, options, samples)
+    stats = _base_stats(plan)
+    stats["params_before"], stats["macs_before"] = count_params(plan.model), total_macs(plan.macs)
+    if not any(len(units) for units in plan.removal.values()):
+        stats.update(params_after=stats["params_before"], macs_after=stats["macs_before"], groups=[])
+        return model, False, stats
+    rows = _group_rows(plan)
+    work, reference = plan.model, onnx.ModelProto()
+    reference.CopyFrom(work)
+    consumers = [c for g in plan.groups.groups if len(plan.removal.get(g.id, ())) for c in g.consumers]
+    originals = _arrays(work, {c.weight.tensor for c in consumers})
+    applied = apply_removal(work, plan.groups, plan.removal)
+    stats["shape_constants_rewritten"] = applied.edits
+    stats["initializers_split"] = len(set(applied.renamed.values()))
+    if samples is not None:
+        stats.update(_repair(work, reference, plan, applied.kept, consumers, originals, options))
+    topological_sort(work.graph)  # a MatMul may have got its bias Add appended
+    dims_after = infer_dims(work, _input_shapes(work, options, samples))
+    stats["params_after"], stats["macs_after"] = count_params(work), total_macs(node_macs(work, dims_after))
+    stats["groups"] = rows
+    return work, True, stats

@@ -1,0 +1,157 @@
+"""``onnxslim prune --dry-run``: the groups, their sizes, importance, planned cut and frozen reasons.
+
+Data first (:class:`Analysis` with :meth:`Analysis.to_dict`), rendered as Markdown by
+:meth:`Analysis.render`; :func:`render_stats` renders the per-group table a pruning run leaves
+in its ``stats``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from passes.prune._groups import Group
+
+__all__ = ["GroupSummary", "Analysis", "summarize_group", "render_stats", "markdown_table"]
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-style Markdown table."""
+    lines = ["| " + " | ".join(str(h) for h in header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _count(value: int | None) -> str:
+    return "?" if value is None else f"{value:,}"
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupSummary:
+    """One group as listed.
+
+    Attributes:
+        id: the group's number.
+        channels: its size.
+        keep: planned channel count (``None`` when frozen).
+        producers: nodes whose output channels these are.
+        consumers: nodes that read them through weights.
+        others: other nodes with parameters in the group (depthwise, normalization, ...).
+        spaces: number of tensor axes the group spans.
+        importance: ``(min, median, max)`` of the channel scores (``None`` when frozen).
+        frozen: why it may not be pruned, or ``None``.
+        reasons: every reason.
+    """
+
+    id: int
+    channels: int
+    keep: int | None
+    producers: tuple[str, ...]
+    consumers: tuple[str, ...]
+    others: tuple[str, ...]
+    spaces: int
+    importance: tuple[float, float, float] | None
+    frozen: str | None
+    reasons: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def summarize_group(group: Group, scores: np.ndarray | None, removed: int) -> GroupSummary:
+    """The listing row of ``group`` given its scores and the number of channels to remove."""
+    importance = None
+    if scores is not None and len(scores):
+        importance = (float(np.min(scores)), float(np.median(scores)), float(np.max(scores)))
+    producers, consumers = group.nodes("out"), group.nodes("in")
+    others = [n for n in group.nodes("dw", "norm_scale", "norm_shift", "norm_stat", "operand", "bias")
+              if n not in producers and n not in consumers]
+    return GroupSummary(
+        id=group.id, channels=group.size, keep=None if group.frozen else group.size - removed,
+        producers=tuple(producers), consumers=tuple(consumers), others=tuple(others),
+        spaces=len(group.spaces), importance=importance, frozen=group.frozen, reasons=group.reasons,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """The dry-run result.
+
+    Attributes:
+        groups: every channel group, in graph order.
+        ignored: coupled index sets that hold no parameter (spatial axes, shape vectors).
+        criterion: the importance criterion used.
+        ratio: the ratio the plan was made for.
+        notes: fallbacks and other remarks.
+    """
+
+    groups: tuple[GroupSummary, ...]
+    ignored: int
+    criterion: str
+    ratio: float
+    notes: tuple[str, ...] = ()
+
+    @property
+    def prunable(self) -> list[GroupSummary]:
+        """Groups that may lose channels."""
+        return [g for g in self.groups if g.frozen is None]
+
+    def frozen_reasons(self) -> Counter[str]:
+        """Number of frozen groups per first reason."""
+        return Counter(g.frozen.split(" (")[0] for g in self.groups if g.frozen is not None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "criterion": self.criterion,
+            "ratio": self.ratio,
+            "groups_total": len(self.groups),
+            "groups_prunable": len(self.prunable),
+            "groups_frozen": len(self.groups) - len(self.prunable),
+            "frozen_reasons": dict(self.frozen_reasons()),
+            "ignored_index_sets": self.ignored,
+            "notes": list(self.notes),
+            "groups": [g.to_dict() for g in self.groups],
+        }
+
+    def render(self) -> str:
+        """Markdown: a summary line, the prunable groups, the frozen groups with reasons."""
+        prunable = self.prunable
+        channels = sum(g.channels for g in prunable)
+        kept = sum(g.keep or 0 for g in prunable)
+        lines = [
+            f"{len(self.groups)} channel groups: {len(prunable)} prunable ({channels:,} channels, "
+            f"{kept:,} kept at ratio {self.ratio:g}, criterion {self.criterion}), "
+            f"{len(self.groups) - len(prunable)} frozen.",
+            "",
+        ]
+        rows = [[g.id, g.channels, g.keep, ", ".join(g.producers) or "-", ", ".join(g.consumers) or "-",
+                 "/".join(f"{v:.3g}" for v in g.importance) if g.importance else "-"] for g in prunable]
+        lines += [markdown_table(["group", "channels", "keep", "produced by", "read by", "importance min/median/max"], rows), ""]
+        frozen = [[g.id, g.channels, ", ".join(g.producers) or "-", g.frozen] for g in self.groups if g.frozen]
+        if frozen:
+            lines += ["Frozen groups:", "", markdown_table(["group", "channels", "produced by", "reason"], frozen), ""]
+        counts = self.frozen_reasons()
+        if counts:
+            lines.append("Frozen by reason: " + ", ".join(f"{k} {v}" for k, v in counts.most_common()))
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines).rstrip() + "\n"
+
+
+def render_stats(stats: Mapping[str, Any]) -> str:
+    """Markdown of a pruning run's ``stats``: per-group and total params/MACs before and after."""
+    rows = [[r["id"], f"{r['channels_before']} → {r['channels_after']}", ", ".join(r["producers"]) or "-",
+             f"{_count(r['params_before'])} → {_count(r['params_after'])}",
+             f"{_count(r['macs_before'])} → {_count(r['macs_after'])}"]
+            for r in stats.get("groups", []) if r["channels_after"] != r["channels_before"]]
+    rows.append(["total", f"{_count(stats.get('channels_before'))} → {_count(stats.get('channels_after'))}", "",
+                 f"{_count(stats.get('params_before'))} → {_count(stats.get('params_after'))}",
+                 f"{_count(stats.get('macs_before'))} → {_count(stats.get('macs_after'))}"])
+    table = markdown_table(["group", "channels", "produced by", "params (layers touched)", "MACs (layers touched)"], rows)
+    note = "Per-group figures: the layers the group touches, with only that group pruned; the total is recounted."
+    return f"{table}\n\n{note}\n"
