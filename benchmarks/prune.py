@@ -1,0 +1,198 @@
+"""Structured channel pruning: LeNet-5 at 50 % and the zoo models at 30 %, with and without repair.
+
+Run (from the repository root)::
+
+    python -m benchmarks.prune [NAME ...] [--ratio R] [--global] [--calib N] [--runs N] [--json FILE]
+
+For every model (``lenet5-digits``/digits, ``ppocr-det``/ocr-det, ``ppocr-rec``/ocr-rec,
+``ppocr-cls``/ocr-cls, ``yolov8n-nudenet``/detect) the model is simplified (as ``onnxslim
+prune`` does: BatchNorm folded, Constant weights lifted) and pruned four ways, always with the
+same channel counts (per-layer ratio unless ``--global``; LeNet-5 with ``round_to=1`` to match
+Torch-Pruning's 50 %, the zoo with the default ``round_to=8``):
+
+- **L1, no data**: L1 importance, nothing else;
+- **L1 + mean**: the same channels; the bias of every layer that lost inputs absorbs their
+  calibration mean;
+- **L1 + refit**: the same channels; mean compensation, then the layer-by-layer least-squares
+  re-fit of every layer that lost inputs (and of the depthwise convs, per channel);
+- **activation + refit**: channels chosen by mean |activation| at the consumers' inputs, then
+  the same repair.
+
+Calibration data is the task's *calibration* split (``benchmarks.tasks``; no labels are read),
+``--calib`` samples of it (default per model below); the metric is computed on the task's
+*eval* split, which never shares a sample with it. Columns: parameters and MACs (input shape of
+the latency run), the task's headline metric and its drop against the unpruned model, p50 latency
+at 1 thread (``onnxslim.bench.bench`` with the original, the simplified and the pruned model in
+one call, interleaved) and its ratio to the simplified unpruned model, and the pruning time.
+Every pruned model is checked (``onnx.checker`` full check) and must keep the original interface.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.run_tasks import DEFAULT_DATA_DIR, evaluate, task_data  # noqa: E402
+from benchmarks.tasks import load_task, reference_model  # noqa: E402
+from calibration.datasets import NpzDataset, input_specs  # noqa: E402
+from onnxslim.bench import BenchOptions, bench  # noqa: E402
+from onnxslim.report import markdown_table  # noqa: E402
+from passes._base import RunContext  # noqa: E402
+from passes.prune import PruneChannelsPass, PruneOptions  # noqa: E402
+from passes.simplify import SimplifyPass  # noqa: E402
+
+__all__ = ["MODELS", "Row", "measure_model", "render", "main"]
+
+#: model name -> (task, latency/MACs input shapes, default calibration samples, options)
+MODELS: dict[str, tuple[str, dict[str, tuple[int, ...]], int, dict[str, Any]]] = {
+    "lenet5-digits": ("digits", {"input": (1, 1, 32, 32)}, 256, {"ratio": 0.5, "round_to": 1}),
+    "ppocr-det": ("ocr-det", {"x": (1, 3, 480, 640)}, 32, {}),
+    "ppocr-rec": ("ocr-rec", {"x": (1, 3, 48, 320)}, 256, {}),
+    "ppocr-cls": ("ocr-cls", {"x": (1, 3, 48, 192)}, 256, {}),
+    "yolov8n-nudenet": ("detect", {"images": (1, 3, 320, 320)}, 64, {}),
+}
+#: variant -> (criterion, use calibration data, reconstruct)
+VARIANTS = {
+    "L1, no data": ("l1", False, None),
+    "L1 + mean": ("l1", True, False),
+    "L1 + refit": ("l1", True, True),
+    "activation + refit": ("activation", True, True),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One variant of one model."""
+
+    model: str
+    variant: str
+    params: int
+    macs: int | None
+    metric: str
+    value: float
+    drop: float
+    p50_ms: float | None
+    p50_ratio: float | None
+    seconds: float
+    note: str = ""
+
+
+def _interface(model: onnx.ModelProto) -> list[tuple[str, str]]:
+    return [(v.name, str(v.type)) for v in [*model.graph.input, *model.graph.output]]
+
+
+def _prune(simplified: onnx.ModelProto, options: PruneOptions, calib: Any) -> tuple[onnx.ModelProto, dict, float]:
+    start = time.perf_counter()
+    result = PruneChannelsPass(options).apply(simplified, RunContext(dataset=calib))
+    return result.model, dict(result.stats), time.perf_counter() - start
+
+
+def _latency(paths: list[Path], shapes: dict, runs: int) -> list[float | None]:
+    report = bench([str(p) for p in paths], BenchOptions(threads=(1,), shapes=shapes, runs=runs, warmup=10, isolate=False))
+    by_model = {row.model: row.p50_ms for row in report.rows}
+    return [by_model.get(str(p)) for p in paths]
+
+
+def measure_model(name: str, *, ratio: float | None, per_layer: bool, calib_n: int | None, runs: int,
+                  work: Path) -> tuple[list[Row], dict[str, Any]]:
+    """All variants of one model; returns the rows and the pruning stats of the refit variant."""
+    task, shapes, default_calib, extra = MODELS[name]
+    module = load_task(task)
+    original_path = reference_model(module)
+    original = onnx.load(str(original_path))
+    simplified = SimplifyPass().apply(original, RunContext()).model
+    simplified_path = work / f"{name}.simplified.onnx"
+    onnx.save(simplified, str(simplified_path))
+    data = task_data(task, module, data_dir=DEFAULT_DATA_DIR, seed=0, n_eval=None, n_calib=calib_n or default_calib,
+                     regenerate=False)
+    calib = NpzDataset(data.calib_path, input_specs(original))
+    options = dict(extra, per_layer=per_layer, input_shapes=shapes, calib_samples=len(calib))
+    if ratio is not None:
+        options["ratio"] = ratio
+    variants, stats = {}, {}
+    for variant, (criterion, with_data, reconstruct) in VARIANTS.items():
+        opts = PruneOptions(**options, criterion=criterion, reconstruct=reconstruct)
+        model, stats[variant], seconds = _prune(simplified, opts, calib if with_data else None)
+        onnx.checker.check_model(model, full_check=True)
+        if _interface(model) != _interface(original):
+            raise AssertionError(f"{name} {variant}: interface changed")
+        path = work / f"{name}.{len(variants)}.onnx"
+        onnx.save(model, str(path))
+        variants[variant] = (path, seconds)
+    report = evaluate(task, [("fp32", original_path)] + [(v, p) for v, (p, _) in variants.items()], data)
+    pruned_path = variants["activation + refit"][0]  # every variant has the same shapes
+    latency = _latency([original_path, simplified_path, pruned_path], shapes, runs) if runs else [None] * 3
+    headline, first = report.headline, stats["L1, no data"]
+    rows = [Row(name, "unpruned", first["params_before"], first["macs_before"], headline,
+                report.rows[0].metrics[headline], 0.0, latency[1], 1.0 if latency[1] else None, 0.0,
+                f"as shipped: p50 {latency[0]:.2f} ms" if latency[0] else "")]
+    for (variant, (path, seconds)), task_row in zip(variants.items(), report.rows[1:]):
+        p50 = latency[2]
+        rows.append(Row(name, variant, stats[variant]["params_after"], stats[variant]["macs_after"], headline,
+                        task_row.metrics[headline], task_row.drop, p50,
+                        p50 / latency[1] if p50 and latency[1] else None, seconds))
+    return rows, stats["activation + refit"]
+
+
+def render(rows: list[Row]) -> str:
+    """The Markdown table."""
+    body = []
+    for r in rows:
+        base = next(b for b in rows if b.model == r.model and b.variant == "unpruned")
+        macs = "?" if r.macs is None else f"{r.macs / 1e6:,.2f} M"
+        macs_ratio = f"{r.macs / base.macs:.2f}" if r.macs and base.macs else "-"
+        body.append([r.model, r.variant, f"{r.params:,}", macs, macs_ratio, f"{r.metric} {r.value:.4f}",
+                     f"{r.drop:+.4f}", "-" if r.p50_ms is None else f"{r.p50_ms:.2f}",
+                     "-" if r.p50_ratio is None else f"{r.p50_ratio:.2f}", f"{r.seconds:.1f}"])
+    header = ["model", "variant", "params", "MACs", "MACs ratio", "metric (eval split)", "drop", "p50 ms (1 thread)",
+              "p50 ratio", "prune s"]
+    return markdown_table(header, body)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"models (default all): {', '.join(MODELS)}")
+    parser.add_argument("--ratio", type=float, help="override the ratio (default 0.5 LeNet-5, 0.3 zoo)")
+    parser.add_argument("--global", dest="global_", action="store_true", help="global ranking instead of per layer")
+    parser.add_argument("--calib", type=int, help="calibration samples (default per model)")
+    parser.add_argument("--runs", type=int, default=100, help="timed runs per model (0 skips latency)")
+    parser.add_argument("--json", type=Path, help="also write the rows and stats as JSON here")
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.names if n not in MODELS]
+    if unknown:
+        parser.error(f"unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
+    rows, stats = [], {}
+    with tempfile.TemporaryDirectory(prefix="prune-bench-") as tmp:
+        for name in args.names or list(MODELS):
+            print(f"{name} ...", file=sys.stderr, flush=True)
+            model_rows, stats[name] = measure_model(name, ratio=args.ratio, per_layer=not args.global_, calib_n=args.calib,
+                                                    runs=args.runs, work=Path(tmp))
+            rows += model_rows
+            print(render(model_rows), file=sys.stderr, flush=True)
+    print(render(rows))
+    for row in rows:
+        if row.note:
+            print(f"\n{row.model}: {row.note}")
+    for name, s in stats.items():
+        frozen = ", ".join(f"{k[8:]} {v}" for k, v in s.items() if k.startswith("frozen: "))
+        print(f"\n{name}: {s['groups_prunable']} prunable groups of {s['groups_total']}, "
+              f"{s['channels_before']} → {s['channels_after']} channels; frozen: {frozen or 'none'}")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": [dataclasses.asdict(r) for r in rows], "stats": stats}, indent=2))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
