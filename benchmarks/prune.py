@@ -22,8 +22,9 @@ Calibration data is the task's *calibration* split (``benchmarks.tasks``; no lab
 ``--calib`` samples of it (default per model below); the metric is computed on the task's
 *eval* split, which never shares a sample with it. Columns: parameters and MACs (input shape of
 the latency run), the task's headline metric and its drop against the unpruned model, p50 latency
-at 1 thread (``onnxslim.bench.bench`` with the original, the simplified and the pruned model in
-one call, interleaved) and its ratio to the simplified unpruned model, and the pruning time.
+at 1 thread (``onnxslim.bench.bench`` with the original, the simplified and the two pruned
+architectures — L1's and activation's channel counts — in one call, interleaved) and its ratio to
+the simplified unpruned model, and the pruning time.
 Every pruned model is checked (``onnx.checker`` full check) and must keep the original interface.
 """
 
@@ -132,14 +133,15 @@ def measure_model(name: str, *, ratio: float | None, per_layer: bool, calib_n: i
         onnx.save(model, str(path))
         variants[variant] = (path, seconds)
     report = evaluate(task, [("fp32", original_path)] + [(v, p) for v, (p, _) in variants.items()], data)
-    pruned_path = variants["activation + refit"][0]  # every variant has the same shapes
-    latency = _latency([original_path, simplified_path, pruned_path], shapes, runs) if runs else [None] * 3
+    # the L1 variants share their channel counts, the activation one may differ (global ranking)
+    timed = [original_path, simplified_path, variants["L1 + refit"][0], variants["activation + refit"][0]]
+    latency = _latency(timed, shapes, runs) if runs else [None] * 4
     headline, first = report.headline, stats["L1, no data"]
     rows = [Row(name, "unpruned", first["params_before"], first["macs_before"], headline,
                 report.rows[0].metrics[headline], 0.0, latency[1], 1.0 if latency[1] else None, 0.0,
                 f"as shipped: p50 {latency[0]:.2f} ms" if latency[0] else "")]
     for (variant, (path, seconds)), task_row in zip(variants.items(), report.rows[1:]):
-        p50 = latency[2]
+        p50 = latency[3] if variant.startswith("activation") else latency[2]
         rows.append(Row(name, variant, stats[variant]["params_after"], stats[variant]["macs_after"], headline,
                         task_row.metrics[headline], task_row.drop, p50,
                         p50 / latency[1] if p50 and latency[1] else None, seconds))

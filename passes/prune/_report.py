@@ -152,6 +152,7 @@ def render_stats(stats: Mapping[str, Any]) -> str:
     rows.append(["total", f"{_count(stats.get('channels_before'))} → {_count(stats.get('channels_after'))}", "",
                  f"{_count(stats.get('params_before'))} → {_count(stats.get('params_after'))}",
                  f"{_count(stats.get('macs_before'))} → {_count(stats.get('macs_after'))}"])
-    table = markdown_table(["group", "channels", "produced by", "params (layers touched)", "MACs (layers touched)"], rows)
-    note = "Per-group figures: the layers the group touches, with only that group pruned; the total is recounted."
+    header = ["group", "channels", "produced by", "params (tensors it slices)", "MACs (layers it touches)"]
+    table = markdown_table(header, rows)
+    note = "Per-group figures count only what the group touches, with only that group pruned; the totals are recounted."
     return f"{table}\n\n{note}\n"
