@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from onnxslim.bench import BenchOptions, BenchReport, bench
 from onnxslim.io import load_model, model_file_size, refuse_overwrite, save_model
 from onnxslim.pipeline import PipelineReport, run_pipeline
 from onnxslim.report import human_bytes, markdown_table
-from onnxslim.runtime import runnable_feeds
+from onnxslim.runtime import make_session, runnable_feeds
 from onnxslim.summary import ModelSummary, parameter_stats, summarize
 from onnxslim.validate import ValidationReport, validate
 from calibration.collect import DEFAULT_BUDGET, collect
@@ -57,12 +58,14 @@ def inspect_model(path: str | os.PathLike[str], *, shapes: Mapping[str, tuple[in
 
 @dataclasses.dataclass(frozen=True)
 class ModelSize:
-    """Node, parameter and byte counts of one model (main graph nodes)."""
+    """Node, parameter and byte counts of one model (main graph nodes), and, when measured, the
+    seconds onnxruntime takes to create a session from its file (``load_s``)."""
 
     nodes: int
     params: int
     param_bytes: int
     file_bytes: int | None
+    load_s: float | None = None
 
     @classmethod
     def of(cls, model: onnx.ModelProto, *, file_bytes: int | None = None) -> ModelSize:
@@ -99,13 +102,16 @@ class PassReport:
     def render(self) -> str:
         """A before/after table, what each pass did, notes, and the verification verdict."""
         b, a = self.before, self.after
-        table = markdown_table(
-            ["", "nodes", "params", "param bytes", "file"],
-            [
-                ["before", b.nodes, f"{b.params:,}", f"{b.param_bytes:,}", human_bytes(b.file_bytes)],
-                ["after", a.nodes, f"{a.params:,}", f"{a.param_bytes:,}", human_bytes(a.file_bytes)],
-            ],
-        )
+        headers = ["", "nodes", "params", "param bytes", "file"]
+        rows = [
+            ["before", b.nodes, f"{b.params:,}", f"{b.param_bytes:,}", human_bytes(b.file_bytes)],
+            ["after", a.nodes, f"{a.params:,}", f"{a.param_bytes:,}", human_bytes(a.file_bytes)],
+        ]
+        if b.load_s is not None and a.load_s is not None:
+            headers.append("load s")
+            rows[0].append(f"{b.load_s:.3f}")
+            rows[1].append(f"{a.load_s:.3f}")
+        table = markdown_table(headers, rows)
         lines = [f"{self.input_path} -> {self.output_path}", "", table, ""]
         for step in self.pipeline.steps:
             lines += _render_stats(step.name, step.stats)
@@ -201,11 +207,14 @@ def fp16_file(
     verify: bool = True,
     shapes: Mapping[str, tuple[int, ...]] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    measure_load: bool = True,
 ) -> PassReport:
     """Convert to float16 (or store weights in float16 with ``options.weights_only``).
 
     With ``calib``, tensor ranges are collected first (MinMax) and nodes whose magnitudes would
-    overflow float16 stay float32.
+    overflow float16 stay float32. With ``measure_load``, the report also gives the session
+    creation time of both files (:func:`session_load_seconds`): onnxruntime folds weights-only
+    Casts at load, and casts around the float16 ops it has no CPU kernel for.
     """
 
     def prepare(model: onnx.ModelProto) -> tuple[RunContext, list[str]]:
@@ -215,7 +224,31 @@ def fp16_file(
         return RunContext(calibration=table), [f"ranges from {table.samples} calibration samples of {calib}"]
 
     passes = [ConvertFloat16Pass(options=options)]
-    return run_passes_on_file(input_path, output_path, passes, verify=verify, shapes=shapes, prepare=prepare)
+    report = run_passes_on_file(input_path, output_path, passes, verify=verify, shapes=shapes, prepare=prepare)
+    if not measure_load:
+        return report
+    before_s, after_s = session_load_seconds([input_path, output_path])
+    return dataclasses.replace(report, before=dataclasses.replace(report.before, load_s=before_s),
+                               after=dataclasses.replace(report.after, load_s=after_s),
+                               notes=(*report.notes, f"load s: onnxruntime session creation, best of {LOAD_REPEATS} "
+                                                     "interleaved, graph optimizations on, 1 thread"))
+
+
+#: How many times :func:`session_load_seconds` creates each session (the best one counts).
+LOAD_REPEATS = 3
+
+
+def session_load_seconds(paths: Sequence[str | os.PathLike[str]], *, repeats: int = LOAD_REPEATS) -> list[float]:
+    """Seconds onnxruntime takes to create a session from each file (graph optimizations on, as
+    deployed, 1 thread), in this process: the best of ``repeats``, the files taken in turn so
+    that a busy machine slows them alike and the first, cold-cache load does not count."""
+    best = [float("inf")] * len(paths)
+    for _ in range(repeats):
+        for k, path in enumerate(paths):
+            started = time.perf_counter()
+            make_session(str(path), threads=1, graph_opt="all")
+            best[k] = min(best[k], time.perf_counter() - started)
+    return best
 
 
 def calibrate_model(

@@ -219,6 +219,7 @@ def test_fp16_end_to_end(runner: CliRunner, lenet_path: Path, tmp_path: Path, ex
     result = runner.invoke(main, ["fp16", str(lenet_path), "-o", str(out), "--calib", str(calib), "--samples", "16", *extra])
     assert result.exit_code == 0, result.output
     assert "verification: passed" in result.stdout and "ranges from 16 calibration samples" in result.stdout
+    assert "load s" in result.stdout.splitlines()[2]  # size and session creation time, before and after
     assert out.stat().st_size < 0.6 * lenet_path.stat().st_size  # weights halved
     onnx.checker.check_model(onnx.load(out), full_check=True)
     data = lenet_path.parent / "lenet5_digits_test.npz"
@@ -308,8 +309,8 @@ def test_prune_lenet_with_reconstruction(runner: CliRunner, lenet_path: Path, tm
     out = tmp_path / "lenet.pruned.onnx"
     calib = lenet_path.parent / "lenet5_digits_calib.npz"
     test = lenet_path.parent / "lenet5_digits_test.npz"
-    result = runner.invoke(main, ["prune", str(lenet_path), "-o", str(out), "--ratio", "0.5", "--calib", str(calib),
-                                  "--eval", str(test), "--max-drop", "0.04", "--json"])
+    result = runner.invoke(main, ["prune", str(lenet_path), "-o", str(out), "--ratio", "0.5", "--allocation", "global",
+                                  "--calib", str(calib), "--eval", str(test), "--max-drop", "0.04", "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     stats = doc["steps"][1]["stats"]
