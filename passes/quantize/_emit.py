@@ -116,7 +116,7 @@ def emit(graph: onnx.GraphProto, index: GraphIndex, plan: Plan, opts, *, per_cha
 
 
 def _rewire(graph: onnx.GraphProto, plan: Plan, dq_of: dict[str, str]) -> None:
-    unit_outputs = {u.output for u in plan.units if u.output}
+    unit_outputs = {o for u in plan.units for o in u.outputs}
     unit_slots = {(id(u.node), a) for u in plan.units for a in u.acts}
     for node in graph.node:
         for slot, name in enumerate(node.input):

@@ -40,6 +40,8 @@ class Unit:
         acts: input tensors quantized as activations.
         output: the tensor whose Q/DQ ends the unit (after absorption), or ``None`` (float out).
         absorbed: a Relu/Clip removed into the quantizer's clamp, if any.
+        extra: the further outputs of a multi-output unit (Split), quantized like ``output``
+            with its input's parameters.
     """
 
     node: onnx.NodeProto
@@ -47,6 +49,12 @@ class Unit:
     acts: list[str]
     output: str | None
     absorbed: onnx.NodeProto | None = None
+    extra: tuple[str, ...] = ()
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """Every quantized output tensor (``output`` first)."""
+        return ((self.output,) if self.output else ()) + self.extra
 
 
 @dataclasses.dataclass
@@ -93,13 +101,13 @@ def _candidate(node, rule, index: GraphIndex, table, opts, decision: PolicyDecis
     missing = [a for a in acts if a not in table]
     if missing:
         return "no calibrated range for an input"
-    out = node.output[0]
-    float_out = out in index.graph_outputs or out in decision.float_tensors or out not in table
-    if len(node.output) != 1:
+    outs = [o for o in node.output if o]
+    if len(outs) != 1 and not (rule.multi_output and outs and len(outs) == len(node.output)):
         return "more than one output"
+    float_out = any(o in index.graph_outputs or o in decision.float_tensors or o not in table for o in outs)
     if float_out and rule.kind != "compute":
         return "output stays float (graph output or output head)"
-    return Unit(node, rule, acts, None if float_out else out)
+    return Unit(node, rule, acts, None if float_out else outs[0], extra=() if float_out else tuple(outs[1:]))
 
 
 def _plain_gemm(node: onnx.NodeProto) -> bool:
@@ -137,12 +145,12 @@ def _clip_from_zero(node: onnx.NodeProto, index: GraphIndex) -> bool:
 
 def _prune_isolated(units: list[Unit], index: GraphIndex) -> list[Unit]:
     while True:
-        produced = {u.output for u in units if u.output}
+        produced = {o for u in units for o in u.outputs}
         consumed = {a for u in units for a in u.acts}
         keep = []
         for u in units:
             fed = any(a in produced for a in u.acts)
-            feeds = u.output is not None and u.output in consumed
+            feeds = any(o in consumed for o in u.outputs)
             if u.rule.kind == "compute" or (fed and feeds) or (u.rule.kind != "drop" and (fed or feeds)):
                 keep.append(u)
         if len(keep) == len(units):
@@ -194,9 +202,9 @@ def _params(units: list[Unit], table, opts) -> dict[str, QuantParams]:
     for u in units:  # graph order: a same-scale unit's input is settled before its output
         for a in u.acts:
             of(a)
-        if u.output is not None:
+        for out in u.outputs:
             if u.rule.same_scale:
-                params[u.output] = of(u.acts[0])
+                params[out] = of(u.acts[0])
             else:
-                of(u.output)
+                of(out)
     return params

@@ -12,17 +12,20 @@ These rules do automatically what hand-tuning onnxruntime's quantizer needed (DE
     state fed back by the caller, like Silero's ``state``/``stateN``), or the model has
     LSTM/GRU/RNN nodes, every node on a path from such an input to such an output stays float.
 (g) **self-gated activations** ``x · σ(x)`` (SiLU/Swish, HardSwish written as
-    ``x · clip(x + 3, 0, 6) / 6``, ``x · hardsigmoid(x)``): by default the gate and the Mul
-    stay float; the producer's output and the Mul's output are quantized. Each gate also forms
-    a fallback *group* with the unit producing ``x`` (Conv -> Sigmoid -> Mul): with
-    ``float_self_gates=False`` the gates are quantized (QLinearSigmoid/QLinearMul) and the
-    fallback returns a group to float as a whole (a float Mul behind a quantized Conv would
-    remove no noise). Measured on YOLOv8n (1 thread, p50, same run pairs):
-    gates float, no fallback: mAP 0.651, 11.8 ms; gates int8, no fallback: 0.656, 10.5 ms
-    (onnxruntime's quantizer: 0.057, 10.5 ms) — without fallback the gates cost speed, not
-    accuracy; but the quantized gates double each layer's noise, so the fallback needs more
-    float layers: gates float + fallback 0.991 at 0.65x fp32 (16 Conv float); gates int8 +
-    group fallback 0.894 at 0.75x fp32 (21 Conv float). Float gates stay the default.
+    ``x · clip(x + 3, 0, 6) / 6``, ``x · hardsigmoid(x)``): a gate whose every op has an int8
+    kernel of its own (a lone Sigmoid: QLinearSigmoid, then QLinearMul) is quantized; any other
+    gate (Add/Clip/Div, HardSigmoid, a Sigmoid of a scaled input) stays float with its Mul,
+    since Q/DQ around float gate ops would only add work; the producer's output and the Mul's
+    output are quantized either way. Each gate also forms a fallback *group* with the unit
+    producing ``x`` (Conv -> Sigmoid -> Mul): the fallback returns a group to float as a whole
+    (a float Mul behind a quantized Conv would remove no noise). ``float_self_gates=True``
+    keeps every gate float. Measured on YOLOv8n 2026-11-28 (mAP@0.5 vs fp32 with candidates
+    ranked down to confidence 0.001; 1 thread, p50 in one interleaved run: fp32 22.3 ms,
+    onnxruntime's int8 10.1 ms at mAP 0.057): gates float, no fallback: 0.967, 11.7 ms;
+    gates int8, no fallback: 0.967, 10.4 ms; gates float + 25 dB fallback (16 Conv float):
+    0.999, 14.4 ms; gates int8 + 20 dB group fallback (17 groups float): 0.993, 16.1 ms. The
+    gates cost speed, not accuracy; with Split run on uint8 (see ``_rules``) int8 gates reach
+    0.965 at 10.1 ms vs onnxruntime's 10.3 ms in the same run.
 (d) **weight outliers**: a layer whose weight has ``max|w| > weight_outlier_ratio ·
     percentile99.9(|w|)`` stays float (one outlier would stretch the int8 grid for the rest).
 
@@ -58,15 +61,17 @@ class PolicyOptions:
         mixed_range_ratio: rule (b), Concat inputs whose max|range| differ more stay float.
         float_state_paths: rule (c).
         weight_outlier_ratio: rule (d); ``None`` disables it.
-        float_self_gates: rule (g): keep every self-gate float (default); ``False`` quantizes
-            them and lets the fallback return whole gate groups.
+        float_self_gates: rule (g): ``None`` (default) quantizes a self-gate whose every op has
+            an int8 kernel of its own (a lone Sigmoid: QLinearSigmoid + QLinearMul) and keeps
+            the others float (HardSwish written as ``Add``/``Clip``/``Div``, a scaled Sigmoid);
+            ``True`` keeps every gate float; ``False`` quantizes every gate the rules allow.
     """
 
     float_output_heads: bool = True
     mixed_range_ratio: float = 8.0
     float_state_paths: bool = True
     weight_outlier_ratio: float | None = 16.0
-    float_self_gates: bool = True
+    float_self_gates: bool | None = None
 
 
 @dataclasses.dataclass
@@ -188,7 +193,15 @@ def _gate_chain(index: GraphIndex, x: str, g: str, limit: int = 4) -> list[onnx.
     return None
 
 
-def _self_gates(index: GraphIndex, graph: onnx.GraphProto, decision: PolicyDecision, *, keep_float: bool) -> None:
+def _int8_gate(chain: list[onnx.NodeProto]) -> bool:
+    """Every op of the gate has an int8 kernel of its own (a unary QLinear op, like Sigmoid)."""
+    from passes.quantize._rules import rule_for
+
+    return all((r := rule_for(n)) is not None and r.kind == "unary" for n in chain)
+
+
+def _self_gates(index: GraphIndex, graph: onnx.GraphProto, decision: PolicyDecision,
+                *, keep_float: bool | None) -> None:
     from passes.quantize._plan import node_label
     from passes.quantize._rules import rule_for
 
@@ -203,7 +216,7 @@ def _self_gates(index: GraphIndex, graph: onnx.GraphProto, decision: PolicyDecis
                 if producer is not None and rule_for(producer) is not None:
                     group.insert(0, node_label(producer))
                 decision.groups.append(group)
-                if keep_float:
+                if keep_float or (keep_float is None and not _int8_gate(chain)):
                     for n in (node, *chain):
                         decision.float_nodes.setdefault(id(n), "self-gated activation x*gate(x) (kept float)")
                 break

@@ -188,7 +188,6 @@ UNARY = {
     "GlobalAveragePool": ({}, "QLinearGlobalAveragePool"),
     "Sigmoid": ({}, "QLinearSigmoid"),
     "LeakyRelu": ({"alpha": 0.1}, "QLinearLeakyRelu"),
-    "Softmax": ({"axis": 1}, "QLinearSoftmax"),
     "Transpose": ({"perm": [0, 1, 3, 2]}, "Transpose"),
 }
 
@@ -253,6 +252,57 @@ def test_reshape_flatten_share_scale_and_gemm_fuses(tmp_path):
     fused = _fused(result.model, tmp_path)
     assert fused.get("QGemm", 0) >= 1 and fused.get("QLinearConv") == 1, fused
     _assert_close(model, result.model, floor=15.0)
+
+
+def test_softmax_is_no_unit_and_runs_float(tmp_path):
+    """QLinearSoftmax is slower than float Softmax on Q/DQ'd values, so Softmax has no rule: after a
+    quantized Conv it reads the DQ output and runs in float (no Q is added behind it)."""
+    nodes = [helper.make_node("Conv", ["x", "W1"], ["a"], name="conv1"),
+             helper.make_node("Softmax", ["a"], ["b"], name="op", axis=1),
+             helper.make_node("Tanh", ["b"], ["t"]),
+             helper.make_node("Conv", ["t", "W2"], ["y"], name="conv2")]
+    model = _model(nodes, [_vi("x", [1, 3, 8, 8])], [_vi("y", None)], {"W1": _w(4, 3, 1, 1), "W2": _w(4, 4, 1, 1, seed=1)})
+    result = _quantize(model)
+    assert "Softmax" not in RULES and "quantized: Softmax" not in result.stats
+    assert not any(n.op_type == "QuantizeLinear" and n.input[0] == "b" for n in result.model.graph.node)
+    fused = _fused(result.model, tmp_path)
+    assert fused.get("QLinearConv") == 1 and fused.get("Softmax") == 1 and "QLinearSoftmax" not in fused, fused
+    _assert_close(model, result.model)
+
+
+def test_split_outputs_share_the_input_scale_and_run_on_uint8(tmp_path):
+    """Conv -> Split(2) -> two Convs -> Concat (a C2f block): every Split output reuses the input's
+    scale and zero point, so onnxruntime runs the Split on uint8 with no Q/DQ around it."""
+    nodes = [helper.make_node("Conv", ["x", "W1", "B1"], ["a"], name="conv1"),
+             helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("Split", ["r", "sizes"], ["s0", "s1"], name="split", axis=1),
+             helper.make_node("Conv", ["s0", "W2"], ["c0"], name="conv2"),
+             helper.make_node("Conv", ["s1", "W3"], ["c1"], name="conv3"),
+             helper.make_node("Concat", ["c0", "c1", "s1"], ["cat"], axis=1),
+             helper.make_node("Conv", ["cat", "W4"], ["y"], name="conv4")]
+    inits = {"W1": _w(8, 3, 1, 1), "B1": _w(8, seed=1), "sizes": np.array([4, 4], np.int64),
+             "W2": _w(4, 4, 1, 1, seed=2), "W3": _w(4, 4, 1, 1, seed=3), "W4": _w(2, 12, 1, 1, seed=4)}
+    model = _model(nodes, [_vi("x", [1, 3, 6, 6])], [_vi("y", [1, 2, 6, 6])], inits)
+    result = _quantize(model)
+    q = result.model
+    assert result.stats["quantized: Split"] == 1
+    split = next(n for n in q.graph.node if n.op_type == "Split")
+    producer = {o: n for n in q.graph.node for o in n.output}
+    assert producer[split.input[0]].op_type == "DequantizeLinear"
+    params = {_init(q, _dq_of(q, t).input[1]).item() for t in
+              [split.input[0]] + [_dq_of_reader(q, o) for o in split.output]}
+    assert len(params) == 1, params  # one scale for the input and both outputs
+    fused = _fused(q, tmp_path)
+    assert fused.get("QLinearConv") == 3 and fused.get("QuantizeLinear") == 1, fused  # only x is quantized
+    # the only DequantizeLinears left feed conv4, which writes the graph output in float
+    assert fused.get("DequantizeLinear") == 2 and fused.get("Conv") == 1 and fused.get("Split") == 1, fused
+    _assert_close(model, q, floor=15.0)
+
+
+def _dq_of_reader(model: onnx.ModelProto, tensor: str) -> str:
+    """The DequantizeLinear output that reads ``tensor``'s QuantizeLinear."""
+    q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == tensor)
+    return next(n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == q.output[0])
 
 
 def test_activation_matmul_stays_float():
@@ -408,17 +458,22 @@ def test_rules_table_names_what_ort_fuses():
     assert set(kinds) == {"compute", "binary", "unary", "concat", "drop"}
 
 
-def test_self_gated_activation_stays_float_and_conv_still_fuses(tmp_path):
-    """SiLU x*sigmoid(x) between two convs: gate and Mul float, both convs QLinearConv."""
+@pytest.mark.parametrize("gate, policy", [
+    ("HardSigmoid", PolicyOptions()),  # default: no int8 kernel for the gate -> float
+    ("Sigmoid", PolicyOptions(float_self_gates=True)),  # asked: every gate float
+])
+def test_self_gated_activation_stays_float_and_conv_still_fuses(gate, policy, tmp_path):
+    """x*gate(x) between two convs: gate and Mul float, both convs QLinearConv."""
     nodes = [helper.make_node("Conv", ["x", "W1"], ["a"], name="conv1"),
-             helper.make_node("Sigmoid", ["a"], ["g"], name="gate"),
+             helper.make_node(gate, ["a"], ["g"], name="gate"),
              helper.make_node("Mul", ["a", "g"], ["s"], name="silu"),
              helper.make_node("Conv", ["s", "W2"], ["c"], name="conv2"),
              helper.make_node("Tanh", ["c"], ["y"])]
     model = _model(nodes, [_vi("x", [1, 3, 6, 6])], [_vi("y", None)], {"W1": _w(4, 3, 1, 1), "W2": _w(4, 4, 1, 1, seed=1)})
-    result = _quantize(model)
+    result = _quantize(model, StaticQuantOptions(policy=policy))
     floats = result.stats["float_nodes"]
-    assert floats["gate"].startswith("self-gated") and floats["silu"].startswith("self-gated")
+    assert floats["silu"].startswith("self-gated")  # HardSigmoid has no rule at all: never listed
+    assert gate == "HardSigmoid" or floats["gate"].startswith("self-gated")
     assert _fused(result.model, tmp_path).get("QLinearConv") == 2
     _assert_close(model, result.model)
 
@@ -433,9 +488,11 @@ def _silu_model() -> onnx.ModelProto:
                   {"W1": _w(4, 3, 1, 1), "W2": _w(4, 4, 1, 1, seed=1)})
 
 
-def test_self_gates_quantized_when_asked_fuse_to_qlinear_sigmoid_and_mul(tmp_path):
+@pytest.mark.parametrize("policy", [PolicyOptions(), PolicyOptions(float_self_gates=False)])
+def test_sigmoid_self_gates_quantized_fuse_to_qlinear_sigmoid_and_mul(policy, tmp_path):
+    """A lone Sigmoid gate has an int8 kernel: quantized by default (and when asked)."""
     model = _silu_model()
-    result = _quantize(model, StaticQuantOptions(policy=PolicyOptions(float_self_gates=False)))
+    result = _quantize(model, StaticQuantOptions(policy=policy))
     assert "gate" not in result.stats["float_nodes"] and "silu" not in result.stats["float_nodes"]
     fused = _fused(result.model, tmp_path)
     assert fused.get("QLinearConv") == 2 and fused.get("QLinearSigmoid") == 1 and fused.get("QLinearMul") == 1
