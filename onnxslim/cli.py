@@ -248,10 +248,15 @@ def quantize_cmd(ctx: click.Context, model: Path, output: Path, mode: str, calib
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Where to write the result (not needed with --dry-run).")
 @click.option("--ratio", type=click.FloatRange(0, 1, max_open=True), default=0.3, show_default=True,
-              help="Share of prunable channels to remove (global ranking unless --per-layer).")
+              help="What to remove: the share of prunable channels (--allocation global/uniform) or of the "
+                   "model's MACs (--allocation sensitivity).")
 @click.option("--criterion", type=click.Choice(["l1", "l2", "bn", "activation"]), default="l1", show_default=True,
               help="Channel importance, summed over each group; activation needs --calib.")
-@click.option("--per-layer", is_flag=True, help="Remove the ratio from every group instead of ranking globally.")
+@click.option("--allocation", type=click.Choice(["global", "uniform", "sensitivity"]), default=None,
+              help="How many channels each group loses: global ranking of all channels; uniform (the ratio of every "
+                   "group); sensitivity (measure each group's effect on the outputs on --calib, spend the MAC budget "
+                   "where it hurts least). Default: sensitivity with --calib, else global.")
+@click.option("--per-layer", is_flag=True, help="The same as --allocation uniform.")
 @click.option("--round-to", type=click.IntRange(min=1), default=8, show_default=True,
               help="Kept channel counts are multiples of this (never zero).")
 @click.option("--exclude-node", "exclude_nodes", multiple=True, metavar="NAME", help="Never prune this node's channels (repeatable).")
@@ -268,13 +273,15 @@ def quantize_cmd(ctx: click.Context, model: Path, output: Path, mode: str, calib
 @click.option("--shape", "shape", multiple=True, help=_SHAPE_HELP + " Used for verification.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @_errors_to_exit_code
-def prune_cmd(model: Path, output: Path | None, ratio: float, criterion: str, per_layer: bool, round_to: int,
-              exclude_nodes: tuple[str, ...], calib: Path | None, samples: int | None, reconstruct: bool | None,
+def prune_cmd(model: Path, output: Path | None, ratio: float, criterion: str, allocation: str | None, per_layer: bool,
+              round_to: int, exclude_nodes: tuple[str, ...], calib: Path | None, samples: int | None, reconstruct: bool | None,
               dry_run: bool, eval_data: Path | None, metric: str | None, max_drop: float | None, verify: bool,
               shape: tuple[str, ...], as_json: bool) -> None:
     """Remove the least important channels of MODEL: a physically smaller model, same interface."""
-    options = PruneOptions(ratio=ratio, criterion=criterion, per_layer=per_layer, round_to=round_to,
-                           exclude_nodes=exclude_nodes, reconstruct=reconstruct)
+    if per_layer and allocation not in (None, "uniform"):
+        raise click.UsageError(f"--per-layer means --allocation uniform, not {allocation}")
+    options = PruneOptions(ratio=ratio, criterion=criterion, allocation=allocation, per_layer=per_layer,
+                           round_to=round_to, exclude_nodes=exclude_nodes, reconstruct=reconstruct)
     if dry_run:
         analysis = api.prune_dry_run(model, options, calib=calib, samples=samples)
         click.echo(json.dumps(analysis.to_dict(), indent=2) if as_json else analysis.render())

@@ -12,8 +12,14 @@ Resize sizes, a depthwise Conv's ``group``). With calibration data, each layer t
 gets ``b += Σ_removed W[:, f]·mean(x_f)`` and, with ``reconstruct``, a least-squares re-fit of
 its weights and bias to the unpruned model's outputs.
 
+How many channels each group loses (``allocation``): a global ranking or the same share of
+every group (``ratio`` of the channels), or, with calibration data, ``sensitivity``: ``ratio``
+of the model's MACs, removed step by step where the measured output damage per MAC saved is
+least.
+
 Modules: ``_spaces`` (vocabulary), ``_context``/``_rules``/``_rules_shape`` (the per-op rule
 table), ``_groups`` (union-find, groups, freezing), ``_importance`` (scores, counts),
+``_sensitivity``/``_allocate`` (probing groups on calibration data, spending a MAC budget),
 ``_apply`` (slicing), ``_collect``/``_layers``/``_reconstruct`` (calibration statistics and
 repair), ``_cost`` (params, MACs), ``_report`` (dry-run listing), ``_prune`` (the flow).
 
@@ -66,6 +72,8 @@ STRUCTURAL = Tolerance(min_cosine=-1.0)
 def _check(options: PruneOptions, dataset: object) -> None:
     if dataset is None and options.criterion == "activation":
         raise PreconditionError("criterion 'activation' needs calibration data (--calib)")
+    if dataset is None and options.allocation == "sensitivity":
+        raise PreconditionError("the sensitivity allocation needs calibration data (--calib)")
     if dataset is None and options.reconstruct:
         raise PreconditionError("reconstruction needs calibration data (--calib)")
 
@@ -89,7 +97,7 @@ def analyze(
         summarize_group(g, plan.scores.get(g.id), len(plan.removal.get(g.id, ()))) for g in plan.groups.groups
     )
     return Analysis(groups, plan.groups.ignored, options.criterion, options.ratio,
-                    tuple(f"{k} ({v} groups)" for k, v in sorted(plan.notes.items())))
+                    tuple(f"{k} ({v} groups)" for k, v in sorted(plan.notes.items())), plan.allocation)
 
 
 class PruneChannelsPass(Pass):

@@ -39,6 +39,11 @@ class Samples:
         """The same samples in batches of ``batch``."""
         return Samples(self._source, self._limit, batch)
 
+    def head(self, count: int) -> Samples:
+        """The first ``count`` of these samples, in the same batches."""
+        limit = count if self._limit is None else min(count, self._limit)
+        return Samples(self._source, limit, self.batch)
+
     def singles(self) -> Iterator[dict[str, np.ndarray]]:
         """One sample at a time, as the dataset gives it."""
         for sample in itertools.islice(self._source, self._limit):

@@ -20,7 +20,7 @@ import onnx
 from passes.prune._context import Dims
 from passes.prune._groups import Group
 
-__all__ = ["count_params", "node_macs", "total_macs", "group_cost"]
+__all__ = ["count_params", "node_macs", "total_macs", "kept_fractions", "group_cost"]
 
 _MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -70,7 +70,7 @@ def total_macs(macs: Mapping[int, int | None]) -> int | None:
     return None if any(v is None for v in values) else int(sum(values))
 
 
-def _fractions(group: Group, removed_units: np.ndarray) -> dict[tuple[int, int], float]:
+def kept_fractions(group: Group, removed_units: np.ndarray) -> dict[tuple[int, int], float]:
     """Kept fraction of each parameter use touched by the group when these units go."""
     fractions: dict[tuple[int, int], float] = defaultdict(lambda: 1.0)
     for p in group.params:
@@ -89,7 +89,7 @@ def group_cost(
     macs: Mapping[int, int | None],
 ) -> dict[str, int | None]:
     """Params and MACs of the layers the group touches, before and after removing these units alone."""
-    fractions = _fractions(group, removed_units)
+    fractions = kept_fractions(group, removed_units)
     tensors = {(p.space.user, p.space.slot): p.initializer for p in group.params}
     params_before = sum(numel[t] for t in dict.fromkeys(tensors.values()))
     params_lost = sum(numel[tensors[use]] * (1.0 - f) for use, f in fractions.items())

@@ -23,6 +23,8 @@ import onnx
 from onnx import numpy_helper
 
 from passes._graph import topological_sort
+from passes._errors import PreconditionError
+from passes.prune._allocate import Allocation, allocate
 from passes.prune._apply import apply_removal
 from passes.prune._collect import Samples, channel_stats, pick_batch
 from passes.prune._context import Dims, GraphContext, infer_dims
@@ -31,6 +33,7 @@ from passes.prune._groups import GroupSet, build_groups
 from passes.prune._importance import group_scores, plan_removal
 from passes.prune._options import PruneOptions
 from passes.prune._reconstruct import RefitOptions, compensate_means, refit_layers
+from passes.prune._sensitivity import MaskedModel, Meter, channel_moments
 
 __all__ = ["Plan", "lift_constants", "plan_pruning", "prune_model"]
 
@@ -49,6 +52,8 @@ class Plan:
         macs: MACs per node of the prepared model.
         means: ``(tensor, axis)`` -> (mean, mean |x|) of consumer inputs, with calibration data.
         samples: the calibration samples (batched when the model allows), or ``None``.
+        allocation: the allocation used (``global``, ``uniform`` or ``sensitivity``).
+        allocated: with ``sensitivity``, the chosen counts and what they predict.
     """
 
     model: onnx.ModelProto
@@ -60,6 +65,8 @@ class Plan:
     macs: Mapping[int, int | None]
     means: Mapping[tuple[str, int], tuple[np.ndarray, np.ndarray]]
     samples: Samples | None
+    allocation: str = "global"
+    allocated: Allocation | None = None
 
 
 def lift_constants(model: onnx.ModelProto) -> int:
@@ -141,9 +148,40 @@ def plan_pruning(model: onnx.ModelProto, options: PruneOptions, samples: Samples
         scores[g.id], note = group_scores(g, arrays, options.criterion, {k: v[1] for k, v in means.items()})
         if note:
             notes[note] += 1
-    removal = plan_removal(groups.groups, scores, ratio=options.ratio, per_layer=options.per_layer,
-                           round_to=options.round_to, max_ratio=options.max_ratio)
-    return Plan(work, groups, scores, removal, notes, dims, node_macs(work, dims), means, samples)
+    macs = node_macs(work, dims)
+    allocation, allocated = options.allocation_for(samples is not None), None
+    if allocation == "sensitivity":
+        if samples is None:
+            raise PreconditionError("the sensitivity allocation needs calibration data (--calib)")
+        allocated = _by_sensitivity(work, groups, scores, means, samples, macs, options)
+        removal = {g.id: np.sort(np.argsort(scores[g.id], kind="stable")[: g.size - allocated.keep.get(g.id, g.size)])
+                   for g in prunable}
+    else:
+        removal = plan_removal(groups.groups, scores, ratio=options.ratio, per_layer=allocation == "uniform",
+                               round_to=options.round_to, max_ratio=options.max_ratio)
+    return Plan(work, groups, scores, removal, notes, dims, macs, means, samples, allocation, allocated)
+
+
+def _by_sensitivity(
+    work: onnx.ModelProto, groups: GroupSet, scores: Mapping[int, np.ndarray],
+    means: Mapping[tuple[str, int], tuple[np.ndarray, np.ndarray]], samples: Samples,
+    macs: Mapping[int, int | None], options: PruneOptions,
+) -> Allocation:
+    """Probe every prunable group on a few samples, then spend the MAC budget where it hurts least."""
+    if not any(macs.values()):
+        raise PreconditionError("the sensitivity allocation needs MACs: no Conv/Gemm/MatMul with known shapes")
+    prunable = [g for g in groups.groups if g.prunable and g.id in scores]
+    probe = samples.head(options.sensitivity_samples)
+    fill = options.sensitivity_fill or ("mean" if options.reconstruct is False else "linear")
+    if fill == "mean":  # probe the repair that will be made: mean compensation only
+        moments = {k: (v[0], None) for k, v in means.items()}
+    else:
+        wanted = sorted({(c.data.tensor, c.data.axis) for g in prunable for c in g.consumers if c.kind != "Depthwise"})
+        moments = channel_moments(work, samples.head(max(16, options.sensitivity_samples)), wanted, seed=options.seed)
+    masked = MaskedModel(work, prunable, moments, fill=fill)
+    orders = {g.id: np.argsort(scores[g.id], kind="stable") for g in prunable if masked.covers(g)}
+    return allocate(prunable, orders, macs, Meter(masked, probe), ratio=options.ratio, round_to=options.round_to,
+                    max_ratio=options.max_ratio, levels=options.sensitivity_levels)
 
 
 def _group_rows(plan: Plan) -> list[dict[str, Any]]:
@@ -171,7 +209,13 @@ def _base_stats(plan: Plan) -> dict[str, Any]:
         "channels_before": sum(g.size for g in prunable),
         "channels_after": sum(g.size for g in prunable) - removed,
         "channels_removed": removed,
+        "allocation": plan.allocation,
     }
+    if plan.allocated is not None:
+        noise = plan.allocated.noise
+        stats["probe_sqnr_db"] = round(10.0 * np.log10(1.0 / noise), 2) if noise > 0 else None
+        stats["sensitivity_probes"] = plan.allocated.probes
+        stats["sensitivity_budget_met"] = plan.allocated.budget_met
     stats.update({f"frozen: {k}": v for k, v in sorted(Counter(g.category for g in groups if not g.prunable).items())})
     stats.update({f"note: {k}": v for k, v in sorted(plan.notes.items())})
     return stats
@@ -219,7 +263,8 @@ def prune_model(
     rows = _group_rows(plan)
     work, reference = plan.model, onnx.ModelProto()
     reference.CopyFrom(work)
-    consumers = [c for g in plan.groups.groups if len(plan.removal.get(g.id, ())) for c in g.consumers]
+    # a layer reading a Concat of several pruned groups is listed by each: repair it once
+    consumers = list(dict.fromkeys(c for g in plan.groups.groups if len(plan.removal.get(g.id, ())) for c in g.consumers))
     originals = _arrays(work, {c.weight.tensor for c in consumers})
     applied = apply_removal(work, plan.groups, plan.removal)
     stats["shape_constants_rewritten"] = applied.edits

@@ -88,6 +88,7 @@ class Analysis:
         criterion: the importance criterion used.
         ratio: the ratio the plan was made for.
         notes: fallbacks and other remarks.
+        allocation: how the counts were chosen (``global``, ``uniform`` or ``sensitivity``).
     """
 
     groups: tuple[GroupSummary, ...]
@@ -95,6 +96,7 @@ class Analysis:
     criterion: str
     ratio: float
     notes: tuple[str, ...] = ()
+    allocation: str = "global"
 
     @property
     def prunable(self) -> list[GroupSummary]:
@@ -110,6 +112,7 @@ class Analysis:
         return {
             "criterion": self.criterion,
             "ratio": self.ratio,
+            "allocation": self.allocation,
             "groups_total": len(self.groups),
             "groups_prunable": len(self.prunable),
             "groups_frozen": len(self.groups) - len(self.prunable),
@@ -126,7 +129,8 @@ class Analysis:
         kept = sum(g.keep or 0 for g in prunable)
         lines = [
             f"{len(self.groups)} channel groups: {len(prunable)} prunable ({channels:,} channels, "
-            f"{kept:,} kept at ratio {self.ratio:g}, criterion {self.criterion}), "
+            f"{kept:,} kept at ratio {self.ratio:g} of the {_BUDGET[self.allocation]}, {self.allocation} allocation, "
+            f"criterion {self.criterion}), "
             f"{len(self.groups) - len(prunable)} frozen.",
             "",
         ]
@@ -143,6 +147,10 @@ class Analysis:
         return "\n".join(lines).rstrip() + "\n"
 
 
+#: What ``ratio`` is a share of, per allocation.
+_BUDGET = {"global": "channels", "uniform": "channels of each group", "sensitivity": "MACs"}
+
+
 def render_stats(stats: Mapping[str, Any]) -> str:
     """Markdown of a pruning run's ``stats``: per-group and total params/MACs before and after."""
     rows = [[r["id"], f"{r['channels_before']} → {r['channels_after']}", ", ".join(r["producers"]) or "-",
@@ -155,4 +163,11 @@ def render_stats(stats: Mapping[str, Any]) -> str:
     header = ["group", "channels", "produced by", "params (tensors it slices)", "MACs (layers it touches)"]
     table = markdown_table(header, rows)
     note = "Per-group figures count only what the group touches, with only that group pruned; the totals are recounted."
+    if stats.get("allocation") == "sensitivity":
+        sqnr = stats.get("probe_sqnr_db")
+        note += (f"\nSensitivity allocation: {stats.get('sensitivity_probes')} probes; predicted output SQNR on the "
+                 f"probe samples (before the re-fit): {'-' if sqnr is None else f'{sqnr} dB'}.")
+        if stats.get("sensitivity_budget_met") is False:
+            note += ("\nThe MAC budget was not reached: every group that may shrink is at its smallest count "
+                     "(--round-to, frozen groups and the 90 % per-group cap limit it).")
     return f"{table}\n\n{note}\n"

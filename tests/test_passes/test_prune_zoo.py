@@ -44,3 +44,20 @@ def test_zoo_model_pruned_by_30_percent(name: str, zoo_model) -> None:
     before, after = run_ort(simplified, feeds), run_ort(result.model, feeds)
     for key, value in before.items():
         assert after[key].shape == value.shape and np.isfinite(after[key]).all()
+
+
+@pytest.mark.zoo
+def test_zoo_sensitivity_allocation_meets_the_mac_budget(zoo_model) -> None:
+    """ppocr-cls (SE blocks, depthwise convs): 30 % of the MACs, chosen by probing 4 random samples."""
+    name = "ppocr-cls"
+    model = onnx.load(str(zoo_model(name)))
+    simplified = SimplifyPass().apply(model, RunContext()).model
+    rng = np.random.default_rng(0)
+    samples = [{k: rng.uniform(0, 1, v).astype(np.float32) for k, v in SHAPES[name].items()} for _ in range(4)]
+    options = PruneOptions(ratio=0.3, allocation="sensitivity", reconstruct=False, input_shapes=SHAPES[name])
+    result = PruneChannelsPass(options).apply(simplified, RunContext(dataset=samples))
+    stats = result.stats
+    onnx.checker.check_model(result.model, full_check=True)
+    assert _interface(result.model) == _interface(model)
+    assert stats["sensitivity_budget_met"] and stats["macs_after"] <= 0.7 * stats["macs_before"], stats
+    assert all(r["channels_after"] % 8 == 0 or r["channels_after"] == r["channels_before"] for r in stats["groups"])
