@@ -6,7 +6,8 @@ Run (from the repository root)::
 
 For every model (``lenet5-digits``/digits, ``ppocr-det``/ocr-det, ``ppocr-rec``/ocr-rec,
 ``ppocr-cls``/ocr-cls, ``yolov8n-nudenet``/detect) the model is simplified (as ``onnxslim
-prune`` does: BatchNorm folded, Constant weights lifted) and pruned with L1 importance and two
+prune`` does: BatchNorm folded, Constant weights lifted) and pruned with the default importance
+(``activation`` with calibration data, ``l1`` for the variant without) and two
 allocations (LeNet-5 with ``round_to=1`` to match Torch-Pruning's 50 %, the zoo with the
 default ``round_to=8``):
 

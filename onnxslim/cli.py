@@ -250,8 +250,9 @@ def quantize_cmd(ctx: click.Context, model: Path, output: Path, mode: str, calib
 @click.option("--ratio", type=click.FloatRange(0, 1, max_open=True), default=0.3, show_default=True,
               help="What to remove: the share of prunable channels (--allocation global/uniform) or of the "
                    "model's MACs (--allocation sensitivity).")
-@click.option("--criterion", type=click.Choice(["l1", "l2", "bn", "activation"]), default="l1", show_default=True,
-              help="Channel importance, summed over each group; activation needs --calib.")
+@click.option("--criterion", type=click.Choice(["l1", "l2", "bn", "activation"]), default=None,
+              help="Channel importance, summed over each group; activation (mean |activation| on --calib) needs "
+                   "--calib. Default: activation with --calib, else l1.")
 @click.option("--allocation", type=click.Choice(["global", "uniform", "sensitivity"]), default=None,
               help="How many channels each group loses: global ranking of all channels; uniform (the ratio of every "
                    "group); sensitivity (measure each group's effect on the outputs on --calib, spend the MAC budget "
@@ -273,7 +274,7 @@ def quantize_cmd(ctx: click.Context, model: Path, output: Path, mode: str, calib
 @click.option("--shape", "shape", multiple=True, help=_SHAPE_HELP + " Used for verification.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @_errors_to_exit_code
-def prune_cmd(model: Path, output: Path | None, ratio: float, criterion: str, allocation: str | None, per_layer: bool,
+def prune_cmd(model: Path, output: Path | None, ratio: float, criterion: str | None, allocation: str | None, per_layer: bool,
               round_to: int, exclude_nodes: tuple[str, ...], calib: Path | None, samples: int | None, reconstruct: bool | None,
               dry_run: bool, eval_data: Path | None, metric: str | None, max_drop: float | None, verify: bool,
               shape: tuple[str, ...], as_json: bool) -> None:

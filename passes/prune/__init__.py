@@ -96,7 +96,7 @@ def analyze(
     groups = tuple(
         summarize_group(g, plan.scores.get(g.id), len(plan.removal.get(g.id, ()))) for g in plan.groups.groups
     )
-    return Analysis(groups, plan.groups.ignored, options.criterion, options.ratio,
+    return Analysis(groups, plan.groups.ignored, plan.criterion, options.ratio,
                     tuple(f"{k} ({v} groups)" for k, v in sorted(plan.notes.items())), plan.allocation)
 
 

@@ -54,6 +54,7 @@ class Plan:
         samples: the calibration samples (batched when the model allows), or ``None``.
         allocation: the allocation used (``global``, ``uniform`` or ``sensitivity``).
         allocated: with ``sensitivity``, the chosen counts and what they predict.
+        criterion: the importance criterion used.
     """
 
     model: onnx.ModelProto
@@ -67,6 +68,7 @@ class Plan:
     samples: Samples | None
     allocation: str = "global"
     allocated: Allocation | None = None
+    criterion: str = "l1"
 
 
 def lift_constants(model: onnx.ModelProto) -> int:
@@ -144,8 +146,9 @@ def plan_pruning(model: onnx.ModelProto, options: PruneOptions, samples: Samples
     arrays = _arrays(work, {p.initializer for g in prunable for p in g.params})
     notes: Counter[str] = Counter()
     scores = {}
+    criterion = options.criterion_for(samples is not None)
     for g in prunable:
-        scores[g.id], note = group_scores(g, arrays, options.criterion, {k: v[1] for k, v in means.items()})
+        scores[g.id], note = group_scores(g, arrays, criterion, {k: v[1] for k, v in means.items()})
         if note:
             notes[note] += 1
     macs = node_macs(work, dims)
@@ -159,7 +162,7 @@ def plan_pruning(model: onnx.ModelProto, options: PruneOptions, samples: Samples
     else:
         removal = plan_removal(groups.groups, scores, ratio=options.ratio, per_layer=allocation == "uniform",
                                round_to=options.round_to, max_ratio=options.max_ratio)
-    return Plan(work, groups, scores, removal, notes, dims, macs, means, samples, allocation, allocated)
+    return Plan(work, groups, scores, removal, notes, dims, macs, means, samples, allocation, allocated, criterion)
 
 
 def _by_sensitivity(
@@ -209,6 +212,7 @@ def _base_stats(plan: Plan) -> dict[str, Any]:
         "channels_before": sum(g.size for g in prunable),
         "channels_after": sum(g.size for g in prunable) - removed,
         "channels_removed": removed,
+        "criterion": plan.criterion,
         "allocation": plan.allocation,
     }
     if plan.allocated is not None:

@@ -62,6 +62,18 @@ def test_activation_criterion_uses_mean_absolute_consumer_input() -> None:
     np.testing.assert_allclose(plan.scores[group.id], [1.5, 0.0])
 
 
+def test_default_criterion_is_activation_with_data_and_l1_without() -> None:
+    model = _golden_model(False)
+    x = np.full((1, 1, 4, 4), 1.0, np.float32)
+    with_data = plan_pruning(model, PruneOptions(), Samples([{"x": x}], 1))
+    without = plan_pruning(model, PruneOptions(), None)
+    assert (with_data.criterion, without.criterion) == ("activation", "l1")
+    group = next(g for g in with_data.groups.groups if g.nodes("out") == ["conv1"])
+    np.testing.assert_allclose(with_data.scores[group.id], [1.5, 0.0])  # the activation scores above
+    np.testing.assert_allclose(without.scores[group.id], [4, 6])  # the L1 scores above
+    assert analyze(model, PruneOptions(), dataset=[{"x": x}]).criterion == "activation"
+
+
 @pytest.mark.parametrize(
     ("size", "target", "round_to", "expected"),
     [

@@ -52,7 +52,8 @@ def test_reconstruction_lowers_the_error(builder, shape) -> None:
     calib, held_out = _samples(shape, 64, seed=1), _samples(shape, 16, seed=2)
     errors = {}
     for label, data, reconstruct in (("plain", None, None), ("mean", calib, False), ("refit", calib, True)):
-        options = PruneOptions(ratio=0.5, per_layer=True, round_to=1, reconstruct=reconstruct)
+        # the same channels in every variant: L1 (the default with data would be activation)
+        options = PruneOptions(ratio=0.5, criterion="l1", per_layer=True, round_to=1, reconstruct=reconstruct)
         result = PruneChannelsPass(options).apply(model, RunContext(dataset=data))
         onnx.checker.check_model(result.model, full_check=True)
         errors[label] = _error(model, result.model, held_out)
@@ -74,7 +75,7 @@ def test_refit_alone_is_near_exact_when_channels_are_duplicates() -> None:
              helper.make_node("Conv", ["r", "b.w", "b.b"], ["y"], name="b", kernel_shape=[1, 1])]
     model = make_model(nodes, params, shape=("N", 4, 5, 5), out_shape=["N", 3, 5, 5])
     calib = _samples((4, 5, 5), 32, seed=1)
-    result = PruneChannelsPass(PruneOptions(ratio=0.5, per_layer=True, round_to=1, ridge=1e-8)).apply(
+    result = PruneChannelsPass(PruneOptions(ratio=0.5, criterion="l1", per_layer=True, round_to=1, ridge=1e-8)).apply(
         model, RunContext(dataset=calib))
     assert _error(model, result.model, _samples((4, 5, 5), 8, seed=2)) < 1e-8
 
