@@ -23,13 +23,17 @@ def _fit_db(energy: float, sse: float) -> float:
     return float(10.0 * np.log10(energy / sse)) if sse > 0 and energy > 0 else float("inf")
 
 
-class DenseFit:
-    """Every output reads every feature (Conv patches, Gemm/MatMul rows): ``design [rows, D]``."""
+class _Normal:
+    """Normal equations accumulated sample by sample: ``gram = XᵀX``, ``cross = XᵀY``, rows, ``Σy²``."""
 
     def __init__(self) -> None:
         self.gram: np.ndarray | None = None
         self.cross: np.ndarray | None = None
         self.count, self.energy = 0, 0.0
+
+
+class DenseFit(_Normal):
+    """Every output reads every feature (Conv patches, Gemm/MatMul rows): ``design [rows, D]``."""
 
     def add(self, design: np.ndarray, target: np.ndarray) -> None:
         """Add rows ``design [S, D]`` with targets ``[S, O]``."""
@@ -53,13 +57,8 @@ class DenseFit:
         return theta, _fit_db(self.energy, sse)
 
 
-class ChannelFit:
+class ChannelFit(_Normal):
     """Output channel ``c`` reads only channel ``c``'s features (depthwise): ``design [rows, C, K]``."""
-
-    def __init__(self) -> None:
-        self.gram: np.ndarray | None = None
-        self.cross: np.ndarray | None = None
-        self.count, self.energy = 0, 0.0
 
     def add(self, design: np.ndarray, target: np.ndarray) -> None:
         """Add rows ``design [S, C, K]`` with targets ``[S, C]``."""
