@@ -143,6 +143,9 @@ def measure_model(name: str, *, ratio: float | None, calib_n: int | None, runs: 
     report = evaluate(task, [("fp32", original_path)] + [(f"{a} {v}", p) for (a, v), p in files], data)
     headline = report.headline
     value = {key: row.metrics[headline] for (key, _), row in zip(files, report.rows[1:])}
+    # the task's other keys (per-class AP, precision, ...) of the fp32 model and each re-fit
+    details = {"fp32": report.rows[0].metrics} | {
+        f"{a} {v}": row.metrics for (a, v), row in zip((k for k, _ in files), report.rows[1:]) if v == "refit"}
     # the variants of one allocation share their channel counts: time one file of each
     pruned = {a: dict(files)[a, "refit"] for a in VARIANTS}
     timed = [original_path, simplified_path, *pruned.values()]
@@ -158,7 +161,7 @@ def measure_model(name: str, *, ratio: float | None, calib_n: int | None, runs: 
                         {v: value[allocation, v] for v in VARIANTS[allocation]},
                         report.rows[0].metrics[headline] - MAX_DROP if allocation == "sensitivity" else None, p50,
                         p50 / latency[1] if p50 and latency[1] else None, seconds[allocation, "refit"]))
-    return rows, {f"{a} {v}": s for (a, v), s in stats.items() if v == "refit"}
+    return rows, {f"{a} {v}": s for (a, v), s in stats.items() if v == "refit"} | {"metrics": details}
 
 
 def render(rows: list[Row]) -> str:
@@ -203,7 +206,9 @@ def main(argv: list[str] | None = None) -> None:
         if row.note:
             print(f"\n{row.model}: {row.note}")
     for name, by_allocation in stats.items():
-        for label, s in by_allocation.items():
+        for label, metrics in by_allocation["metrics"].items():
+            print(f"\n{name} {label}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        for label, s in ((k, v) for k, v in by_allocation.items() if k != "metrics"):
             frozen = ", ".join(f"{k[8:]} {v}" for k, v in s.items() if k.startswith("frozen: "))
             print(f"\n{name} ({label}): {s['groups_prunable']} prunable groups of {s['groups_total']}, "
                   f"{s['channels_before']} → {s['channels_after']} channels; frozen: {frozen or 'none'}")

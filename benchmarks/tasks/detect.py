@@ -24,7 +24,9 @@ the average precision (all-point interpolated) at IoU ≥ 0.5, a detection match
 class one-to-one; only classes with at least ``MIN_CLASS_BOXES`` (5) pseudo-GT boxes are
 averaged (all of them when none has that many), because a class with one box would move mAP by
 a whole class's share on a single detection; ``precision`` and ``recall`` of all boxes (every
-class) at confidence 0.25; ``pseudo_gt_boxes`` — how many reference boxes (informative).
+class) at confidence 0.25; ``pseudo_gt_boxes`` — how many reference boxes (informative); and
+``ap50 class K`` — the AP of each averaged class ``K`` (an index into the model's ``names``
+metadata), so a drop of the mean can be traced to the classes that cause it.
 """
 
 from __future__ import annotations
@@ -209,4 +211,5 @@ def metric(candidate_outputs: Sequence[dict], reference_outputs: Sequence[dict],
         "precision": tp / n_pred if n_pred else float(n_truth == 0),
         "recall": tp / n_truth if n_truth else float(n_pred == 0),
         "pseudo_gt_boxes": float(n_truth),
+        **{f"ap50 class {int(c)}": ap for c, ap in zip(scored, aps)},
     }

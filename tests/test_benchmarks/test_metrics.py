@@ -121,20 +121,26 @@ def test_detect_metric(monkeypatch: pytest.MonkeyPatch) -> None:
     detect = load_task("detect")
     data = _dataset(None, count=2)
     ref = [_yolo([(50, 50, 20, 20, 1, 0.9), (200, 200, 40, 40, 1, 0.8)]), _yolo([(100, 60, 30, 50, 12, 0.7)])]
-    assert detect.metric(ref, ref, data) == {"map50": 1.0, "precision": 1.0, "recall": 1.0, "pseudo_gt_boxes": 3.0}
+    per_class = {"ap50 class 1": 1.0, "ap50 class 12": 1.0}
+    assert detect.metric(ref, ref, data) == {"map50": 1.0, "precision": 1.0, "recall": 1.0, "pseudo_gt_boxes": 3.0,
+                                             **per_class}
     empty = [_yolo([]), _yolo([])]
-    assert detect.metric(empty, ref, data) == {"map50": 0.0, "precision": 0.0, "recall": 0.0, "pseudo_gt_boxes": 3.0}
+    assert detect.metric(empty, ref, data) == {"map50": 0.0, "precision": 0.0, "recall": 0.0, "pseudo_gt_boxes": 3.0,
+                                               "ap50 class 1": 0.0, "ap50 class 12": 0.0}
     # class 1: one of two boxes found (AP 0.5); class 12: found (AP 1.0); a wrong-class box is a false positive
     partial = [_yolo([(50, 50, 20, 20, 1, 0.9), (200, 200, 40, 40, 7, 0.8)]), _yolo([(101, 60, 30, 50, 12, 0.6)])]
     got = detect.metric(partial, ref, data)
-    assert got == pytest.approx({"map50": 0.75, "precision": 2 / 3, "recall": 2 / 3, "pseudo_gt_boxes": 3.0})
+    assert got == pytest.approx({"map50": 0.75, "precision": 2 / 3, "recall": 2 / 3, "pseudo_gt_boxes": 3.0,
+                                 "ap50 class 1": 0.5, "ap50 class 12": 1.0})
     monkeypatch.setattr(detect, "MIN_CLASS_BOXES", 2)  # class 12 (one box) is no longer averaged
-    assert detect.metric(partial, ref, data)["map50"] == pytest.approx(0.5)
+    got = detect.metric(partial, ref, data)
+    assert got["map50"] == pytest.approx(0.5) and "ap50 class 12" not in got
     # a true box whose score slips under the 0.25 threshold is a lower-ranked hit in mAP (ranked
     # down to 0.001, as Ultralytics' val), but no longer counts in precision/recall at 0.25
     slipped = [_yolo([(50, 50, 20, 20, 1, 0.9), (200, 200, 40, 40, 1, 0.2499)]), _yolo([(100, 60, 30, 50, 12, 0.7)])]
     got = detect.metric(slipped, ref, data)
-    assert got == pytest.approx({"map50": 1.0, "precision": 1.0, "recall": 2 / 3, "pseudo_gt_boxes": 3.0})
+    assert got == pytest.approx({"map50": 1.0, "precision": 1.0, "recall": 2 / 3, "pseudo_gt_boxes": 3.0,
+                                 "ap50 class 1": 1.0})
     # ranked below a false positive, the slipped box costs precision along the curve (class 1 only,
     # MIN_CLASS_BOXES is 2 here): recall 0.5 at precision 1, then 1.0 at precision 2/3
     noisy = [_yolo([(50, 50, 20, 20, 1, 0.9), (200, 200, 40, 40, 1, 0.2), (300, 20, 10, 10, 1, 0.3)]), ref[1]]
