@@ -14,7 +14,8 @@ from onnx import helper, numpy_helper
 
 from passes._graph import GraphIndex, NameAllocator
 
-__all__ = ["Layer", "layer_of", "ensure_bias", "current", "set_input"]
+__all__ = ["Layer", "layer_of", "ensure_bias", "current", "set_input", "kernel_size", "to_matrix", "from_matrix",
+           "weight_matrix", "write_weights", "out_axis", "conv_strides"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,3 +124,68 @@ def ensure_bias(model: onnx.ModelProto, layer: Layer) -> Layer:
     node.output[0] = product
     graph.node.append(helper.make_node("Add", [product, bias], [output], name=names.fresh(f"{node.name or 'MatMul'}_add")))
     return dataclasses.replace(layer, bias_node=len(graph.node) - 1, bias_slot=1, output=output)
+
+
+# ------------------------------------------------------------------ weights as Y = X·Wᵀ + b
+
+
+def kernel_size(w_shape: tuple[int, ...], kind: str) -> int:
+    """Features per input channel: kernel positions of a (transposed) convolution, else 1."""
+    return int(np.prod(w_shape[2:])) if kind in ("Conv", "ConvTranspose") else 1
+
+
+def to_matrix(w: np.ndarray, layer: Layer) -> np.ndarray:
+    """A weight as ``W2 [outputs, features]``: a Conv's features are (channel, kernel position);
+    a ConvTranspose's rows are its output channels and its features (input channel, kernel
+    position); a Gemm's includes ``alpha``."""
+    w = w.astype(np.float64)
+    if layer.kind in ("Conv", "Depthwise"):
+        return w.reshape(w.shape[0], -1)
+    if layer.kind == "ConvTranspose":
+        return w.transpose(1, 0, *range(2, w.ndim)).reshape(w.shape[1], -1)
+    if layer.kind == "Gemm":
+        return layer.scale * (w if layer.trans_b else w.T)
+    return w.T
+
+
+def from_matrix(w2: np.ndarray, layer: Layer, shape: tuple[int, ...]) -> np.ndarray:
+    """The inverse of :func:`to_matrix` for a weight of ``shape``."""
+    if layer.kind in ("Conv", "Depthwise"):
+        return w2.reshape(shape)
+    if layer.kind == "ConvTranspose":
+        return w2.reshape(shape[1], shape[0], *shape[2:]).transpose(1, 0, *range(2, len(shape)))
+    if layer.kind == "Gemm":
+        return w2 / layer.scale if layer.trans_b else (w2 / layer.scale).T
+    return w2.T
+
+
+def weight_matrix(model: onnx.ModelProto, layer: Layer) -> tuple[np.ndarray, np.ndarray]:
+    """The layer's current weights as ``W2 [O, D]`` (float64) and its bias ``[O]``."""
+    w2 = to_matrix(current(model, layer.node, layer.weight_slot), layer)
+    b = current(model, layer.bias_node, layer.bias_slot) if layer.bias_node >= 0 else None
+    bias = np.zeros(w2.shape[0]) if b is None else np.broadcast_to(b.astype(np.float64).reshape(-1), (w2.shape[0],)).copy()
+    if layer.kind == "Gemm":
+        bias *= layer.bias_scale
+    return w2, bias
+
+
+def write_weights(model: onnx.ModelProto, layer: Layer, w2: np.ndarray, bias: np.ndarray | None) -> None:
+    old = current(model, layer.node, layer.weight_slot)
+    node_name = model.graph.node[layer.node].name or model.graph.node[layer.node].op_type
+    w = from_matrix(w2, layer, old.shape)
+    set_input(model, layer.node, layer.weight_slot, w.astype(old.dtype), f"{node_name}_weight")
+    if bias is not None and layer.bias_node >= 0:
+        if layer.kind == "Gemm":
+            bias = bias / layer.bias_scale
+        set_input(model, layer.bias_node, layer.bias_slot, bias.astype(old.dtype), f"{node_name}_bias")
+
+
+def out_axis(kind: str, trans_b: bool) -> int:
+    """The weight axis of a layer's output channels."""
+    if kind in ("Conv", "Depthwise") or (kind == "Gemm" and trans_b):
+        return 0
+    return 1
+
+
+def conv_strides(node: onnx.NodeProto) -> list[int]:
+    return next((list(helper.get_attribute_value(a)) for a in node.attribute if a.name == "strides"), [1, 1])

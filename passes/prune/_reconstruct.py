@@ -26,10 +26,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from passes.prune._collect import Samples, TensorRunner
-from passes.prune._layers import Layer, current, ensure_bias, layer_of, set_input
+from passes.prune._layers import (Layer, conv_strides, current, ensure_bias, kernel_size, layer_of, out_axis,
+                                  to_matrix, weight_matrix, write_weights)
 from passes.prune._lstsq import ChannelFit, DenseFit
 from passes.prune._patches import refit_problem, rows
 from passes.prune._spaces import ChannelSpace, Consumer
@@ -55,68 +55,6 @@ class RefitOptions:
     rows: int = 1024
     seed: int = 0
     sequential: bool = True
-
-
-def _kernel(w_shape: tuple[int, ...], kind: str) -> int:
-    """Features per input channel: kernel positions of a (transposed) convolution, else 1."""
-    return int(np.prod(w_shape[2:])) if kind in ("Conv", "ConvTranspose") else 1
-
-
-def _to_matrix(w: np.ndarray, layer: Layer) -> np.ndarray:
-    """A weight as ``W2 [outputs, features]``: a Conv's features are (channel, kernel position);
-    a ConvTranspose's rows are its output channels and its features (input channel, kernel
-    position); a Gemm's includes ``alpha``."""
-    w = w.astype(np.float64)
-    if layer.kind in ("Conv", "Depthwise"):
-        return w.reshape(w.shape[0], -1)
-    if layer.kind == "ConvTranspose":
-        return w.transpose(1, 0, *range(2, w.ndim)).reshape(w.shape[1], -1)
-    if layer.kind == "Gemm":
-        return layer.scale * (w if layer.trans_b else w.T)
-    return w.T
-
-
-def _from_matrix(w2: np.ndarray, layer: Layer, shape: tuple[int, ...]) -> np.ndarray:
-    """The inverse of :func:`_to_matrix` for a weight of ``shape``."""
-    if layer.kind in ("Conv", "Depthwise"):
-        return w2.reshape(shape)
-    if layer.kind == "ConvTranspose":
-        return w2.reshape(shape[1], shape[0], *shape[2:]).transpose(1, 0, *range(2, len(shape)))
-    if layer.kind == "Gemm":
-        return w2 / layer.scale if layer.trans_b else (w2 / layer.scale).T
-    return w2.T
-
-
-def _matrix(model: onnx.ModelProto, layer: Layer) -> tuple[np.ndarray, np.ndarray]:
-    """The layer's current weights as ``W2 [O, D]`` (float64) and its bias ``[O]``."""
-    w2 = _to_matrix(current(model, layer.node, layer.weight_slot), layer)
-    b = current(model, layer.bias_node, layer.bias_slot) if layer.bias_node >= 0 else None
-    bias = np.zeros(w2.shape[0]) if b is None else np.broadcast_to(b.astype(np.float64).reshape(-1), (w2.shape[0],)).copy()
-    if layer.kind == "Gemm":
-        bias *= layer.bias_scale
-    return w2, bias
-
-
-def _write(model: onnx.ModelProto, layer: Layer, w2: np.ndarray, bias: np.ndarray | None) -> None:
-    old = current(model, layer.node, layer.weight_slot)
-    node_name = model.graph.node[layer.node].name or model.graph.node[layer.node].op_type
-    w = _from_matrix(w2, layer, old.shape)
-    set_input(model, layer.node, layer.weight_slot, w.astype(old.dtype), f"{node_name}_weight")
-    if bias is not None and layer.bias_node >= 0:
-        if layer.kind == "Gemm":
-            bias = bias / layer.bias_scale
-        set_input(model, layer.bias_node, layer.bias_slot, bias.astype(old.dtype), f"{node_name}_bias")
-
-
-def _out_axis(kind: str, trans_b: bool) -> int:
-    """The weight axis of a layer's output channels."""
-    if kind in ("Conv", "Depthwise") or (kind == "Gemm" and trans_b):
-        return 0
-    return 1
-
-
-def _strides(node: onnx.NodeProto) -> list[int]:
-    return next((list(helper.get_attribute_value(a)) for a in node.attribute if a.name == "strides"), [1, 1])
 
 
 def _columns(indices: np.ndarray, kernel: int) -> np.ndarray:
@@ -153,15 +91,15 @@ def compensate_means(
             continue
         removed = np.setdiff1d(np.arange(c.data.size), kept.get(c.data, np.arange(c.data.size)))
         w_orig = original[c.weight.tensor]
-        w2 = _to_matrix(w_orig, layer)
-        kernel = _kernel(w_orig.shape, c.kind)
+        w2 = to_matrix(w_orig, layer)
+        kernel = kernel_size(w_orig.shape, c.kind)
         delta = w2[:, _columns(removed, kernel)] @ np.repeat(mu[removed], kernel)
         if c.kind == "ConvTranspose":  # each output pixel sees about one kernel position in stride²
-            delta /= float(np.prod(_strides(model.graph.node[c.node])))
-        out_space = ChannelSpace(c.weight.tensor, _out_axis(c.kind, layer.trans_b), w2.shape[0], c.weight.user, c.weight.slot)
+            delta /= float(np.prod(conv_strides(model.graph.node[c.node])))
+        out_space = ChannelSpace(c.weight.tensor, out_axis(c.kind, layer.trans_b), w2.shape[0], c.weight.user, c.weight.slot)
         delta = delta[kept.get(out_space, np.arange(w2.shape[0]))]
-        w_now, b_now = _matrix(model, layer)
-        _write(model, layer, w_now, b_now + delta)
+        w_now, b_now = weight_matrix(model, layer)
+        write_weights(model, layer, w_now, b_now + delta)
         done += 1
     return done, skipped
 
@@ -224,12 +162,12 @@ def _fit_wave(
             fits[c.node].add(design, target)
     quality = []
     for c, layer, _ in wave:
-        w0, b0 = _matrix(pruned, layer)
+        w0, b0 = weight_matrix(pruned, layer)
         with_bias = layer.bias_node >= 0
         prior = np.hstack([w0, b0[:, None]]) if with_bias else w0
         theta, db = fits[c.node].solve(prior, options.ridge)
         quality.append(db)
-        _write(pruned, layer, theta[:, :-1] if with_bias else theta, theta[:, -1] if with_bias else None)
+        write_weights(pruned, layer, theta[:, :-1] if with_bias else theta, theta[:, -1] if with_bias else None)
     return quality
 
 
@@ -257,9 +195,9 @@ def refit_layers(
                 skipped.append(problem)
                 continue
             layer = ensure_bias(pruned, layer_of(pruned, c.node, c.kind))
-            out_axis = _out_axis(c.kind, layer.trans_b)
-            full = int(current(reference, c.node, 1).shape[out_axis])
-            out_space = ChannelSpace(c.weight.tensor, out_axis, full, c.weight.user, c.weight.slot)
+            axis = out_axis(c.kind, layer.trans_b)
+            full = int(current(reference, c.node, 1).shape[axis])
+            out_space = ChannelSpace(c.weight.tensor, axis, full, c.weight.user, c.weight.slot)
             todo.append((c, layer, kept.get(out_space, np.arange(full))))
         if todo:
             fits += _fit_wave(pruned, reference, todo, samples, options, rng, None if options.sequential else kept)

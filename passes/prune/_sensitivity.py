@@ -36,8 +36,7 @@ from passes._errors import CalibrationError
 from passes._graph import NameAllocator, topological_sort
 from passes.prune._collect import Samples, TensorRunner
 from passes.prune._groups import Group
-from passes.prune._layers import Layer, current, ensure_bias, layer_of
-from passes.prune._reconstruct import _from_matrix, _matrix, _strides
+from passes.prune._layers import Layer, conv_strides, current, ensure_bias, from_matrix, layer_of, weight_matrix
 from passes.prune._spaces import Consumer
 
 __all__ = ["FILLS", "channel_moments", "MaskedModel", "Meter"]
@@ -86,11 +85,11 @@ class _Slot:
     def __init__(self, model: onnx.ModelProto, consumer: Consumer, layer: Layer) -> None:
         self.consumer, self.layer = consumer, layer
         self.shape = current(model, layer.node, layer.weight_slot).shape
-        w2, self.bias = _matrix(model, layer)
+        w2, self.bias = weight_matrix(model, layer)
         self.w3 = w2.reshape(w2.shape[0], consumer.data.size, -1)
         b = current(model, layer.bias_node, layer.bias_slot)
         self.bias_shape = (len(self.bias),) if b is None else b.shape
-        self.share = 1.0 / float(np.prod(_strides(model.graph.node[layer.node]))) if layer.kind == "ConvTranspose" else 1.0
+        self.share = 1.0 / float(np.prod(conv_strides(model.graph.node[layer.node]))) if layer.kind == "ConvTranspose" else 1.0
         self.names = ("", "")
 
     def arrays(self, removed: np.ndarray | None, fill: tuple[np.ndarray | None, np.ndarray] | None) -> list[np.ndarray]:
@@ -105,7 +104,7 @@ class _Slot:
                 kept = np.setdiff1d(np.arange(w3.shape[1]), removed)
                 w3[:, kept] += np.einsum("orp,rk->okp", lost, a)
             bias = bias + self.share * np.einsum("orp,r->o", lost, c)
-        w = _from_matrix(w3.reshape(w3.shape[0], -1), self.layer, self.shape).astype(np.float32)
+        w = from_matrix(w3.reshape(w3.shape[0], -1), self.layer, self.shape).astype(np.float32)
         b = bias / self.layer.bias_scale if self.layer.kind == "Gemm" else bias
         return [np.ascontiguousarray(w), b.reshape(self.bias_shape).astype(np.float32)]
 
