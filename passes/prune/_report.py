@@ -9,21 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from passes._text import markdown_table
 from passes.prune._groups import Group
 
-__all__ = ["GroupSummary", "Analysis", "summarize_group", "render_stats", "markdown_table"]
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub-style Markdown table."""
-    lines = ["| " + " | ".join(str(h) for h in header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+__all__ = ["GroupSummary", "Analysis", "summarize_group", "render_stats"]
 
 
 def _count(value: int | None) -> str:
