@@ -36,6 +36,7 @@ __all__ = [
     "quantize_file",
     "prune_file",
     "prune_dry_run",
+    "prune_search",
     "Fp16Options",
     "inspect_model",
     "simplify_file",
@@ -283,6 +284,13 @@ def quantize_file(*args: Any, **kwargs: Any) -> Any:
 def prune_file(*args: Any, **kwargs: Any) -> Any:
     """See :func:`onnxslim.prune.prune_file`."""
     from onnxslim.prune import prune_file as run
+
+    return run(*args, **kwargs)
+
+
+def prune_search(*args: Any, **kwargs: Any) -> Any:
+    """See :func:`onnxslim.prune.search_prune`."""
+    from onnxslim.prune import search_prune as run
 
     return run(*args, **kwargs)
 

@@ -269,6 +269,11 @@ def quantize_cmd(ctx: click.Context, model: Path, output: Path, mode: str, calib
 @click.option("--eval", "eval_data", type=click.Path(path_type=Path), help="Evaluate input and result on these samples.")
 @click.option("--metric", metavar="MODULE:FUNC", help="Task metric for --eval (see `onnxslim validate`).")
 @click.option("--max-drop", type=float, metavar="X", help="With --eval: exit 1 when accuracy/metric drops more than X.")
+@click.option("--search", is_flag=True,
+              help="With --eval and --max-drop: write the largest ratio (at most --ratio) whose drop stays within "
+                   "--max-drop, found by bisection; the eval data then chose the ratio, so report accuracy on other data.")
+@click.option("--search-steps", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Bisection steps of --search after --ratio fails (each prunes and evaluates once).")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Check the result keeps output names, shapes and finiteness in onnxruntime.")
 @click.option("--shape", "shape", multiple=True, help=_SHAPE_HELP + " Used for verification.")
@@ -276,8 +281,8 @@ def quantize_cmd(ctx: click.Context, model: Path, output: Path, mode: str, calib
 @_errors_to_exit_code
 def prune_cmd(model: Path, output: Path | None, ratio: float, criterion: str | None, allocation: str | None, per_layer: bool,
               round_to: int, exclude_nodes: tuple[str, ...], calib: Path | None, samples: int | None, reconstruct: bool | None,
-              dry_run: bool, eval_data: Path | None, metric: str | None, max_drop: float | None, verify: bool,
-              shape: tuple[str, ...], as_json: bool) -> None:
+              dry_run: bool, eval_data: Path | None, metric: str | None, max_drop: float | None, search: bool,
+              search_steps: int, verify: bool, shape: tuple[str, ...], as_json: bool) -> None:
     """Remove the least important channels of MODEL: a physically smaller model, same interface."""
     if per_layer and allocation not in (None, "uniform"):
         raise click.UsageError(f"--per-layer means --allocation uniform, not {allocation}")
@@ -289,10 +294,19 @@ def prune_cmd(model: Path, output: Path | None, ratio: float, criterion: str | N
         return
     if output is None:
         raise click.UsageError("-o/--output is required (or use --dry-run)")
-    report = api.prune_file(model, output, options=options, calib=calib, samples=samples, eval_data=eval_data,
-                            metric=metric, max_drop=max_drop, verify=verify, shapes=_shapes(shape))
+    common = dict(options=options, calib=calib, samples=samples, eval_data=eval_data, metric=metric, max_drop=max_drop,
+                  verify=verify, shapes=_shapes(shape))
+    if search:
+        if eval_data is None or max_drop is None:
+            raise click.UsageError("--search needs --eval and --max-drop")
+        report = api.prune_search(model, output, steps=search_steps, progress=_echo_err, **common)
+    else:
+        report = api.prune_file(model, output, **common)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.render())
     if not report.passed:
+        if report.base is None:
+            raise click.ClickException(f"no ratio tried met --max-drop {max_drop:g} "
+                                       f"(smallest tried {min(t.ratio for t in report.trials):.3f}); nothing written")
         raise click.ClickException(f"gate not met: {report.validation.failures[0]}")
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import onnx
+import pytest
 from click.testing import CliRunner
 
 from onnxslim.cli import main
@@ -30,3 +31,62 @@ def test_per_layer_contradicts_another_allocation(lenet_path: Path, tmp_path: Pa
     result = CliRunner().invoke(main, ["prune", str(lenet_path), "-o", str(tmp_path / "p.onnx"), "--per-layer",
                                        "--allocation", "sensitivity"])
     assert result.exit_code == 2 and "--per-layer" in result.output
+
+
+# ---------------------------------------------------------------------------------- --search
+
+
+def _search(lenet_path: Path, out: Path, *extra: str) -> object:
+    test = lenet_path.parent / "lenet5_digits_test.npz"
+    return CliRunner().invoke(main, ["prune", str(lenet_path), "-o", str(out), "--round-to", "1", "--eval", str(test),
+                                     "--search", "--json", *extra])
+
+
+def test_search_writes_the_largest_ratio_within_max_drop(lenet_path: Path, tmp_path: Path) -> None:
+    """Without data (global L1, no repair) 80 % wrecks LeNet-5; bisection finds a ratio that holds."""
+    from onnxslim.validate import validate
+
+    out = tmp_path / "lenet.searched.onnx"
+    result = _search(lenet_path, out, "--ratio", "0.8", "--max-drop", "0.02", "--search-steps", "3")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    trials = doc["search"]
+    assert [t["ratio"] for t in trials][0] == 0.8 and not trials[0]["passed"]  # --ratio first: too much
+    lo, hi = 0.0, 0.8
+    for t in trials[1:]:  # each next ratio halves the interval between the best pass and the least failure
+        assert t["ratio"] == pytest.approx((lo + hi) / 2)
+        lo, hi = (t["ratio"], hi) if t["passed"] else (lo, t["ratio"])
+    assert all(t["passed"] == (t["drop"] <= 0.02) for t in trials), trials
+    chosen = max((t for t in trials if t["passed"]), key=lambda t: t["ratio"])
+    assert chosen["ratio"] == lo > 0.0
+    # the file written is the chosen ratio's model: the same drop measured again, fewer parameters
+    again = validate(lenet_path, out, data=lenet_path.parent / "lenet5_digits_test.npz")
+    assert again.accuracy.drop == pytest.approx(chosen["drop"])
+    assert doc["output"] == str(out) and doc["validation"]["candidate"] == str(out)
+    assert doc["after"]["params"] < doc["before"]["params"]
+    assert list(tmp_path.iterdir()) == [out]  # the trials left nothing beside the output
+
+
+def test_search_stops_at_ratio_when_it_already_holds(lenet_path: Path, tmp_path: Path) -> None:
+    result = _search(lenet_path, tmp_path / "p.onnx", "--ratio", "0.1", "--max-drop", "1.0")
+    assert result.exit_code == 0, result.output
+    assert [t["ratio"] for t in json.loads(result.stdout)["search"]] == [0.1]
+
+
+def test_search_that_never_holds_writes_nothing(lenet_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "p.onnx"
+    result = _search(lenet_path, out, "--ratio", "0.5", "--max-drop", "-1", "--search-steps", "2")
+    assert result.exit_code == 1
+    assert "no ratio tried met --max-drop" in result.output and "nothing written" in result.output
+    assert not out.exists()
+
+
+def test_search_needs_eval_max_drop_and_something_to_measure(lenet_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "p.onnx"
+    result = CliRunner().invoke(main, ["prune", str(lenet_path), "-o", str(out), "--search"])
+    assert result.exit_code == 2 and "--search needs --eval and --max-drop" in result.output
+    calib = lenet_path.parent / "lenet5_digits_calib.npz"  # no labels and no --metric: no drop to measure
+    result = CliRunner().invoke(main, ["prune", str(lenet_path), "-o", str(out), "--search", "--eval", str(calib),
+                                       "--max-drop", "0.01"])
+    assert result.exit_code == 1 and "needs a drop to measure" in result.output
+    assert not out.exists()
