@@ -61,3 +61,31 @@ def test_zoo_sensitivity_allocation_meets_the_mac_budget(zoo_model) -> None:
     assert _interface(result.model) == _interface(model)
     assert stats["sensitivity_budget_met"] and stats["macs_after"] <= 0.7 * stats["macs_before"], stats
     assert all(r["channels_after"] % 8 == 0 or r["channels_after"] == r["channels_before"] for r in stats["groups"])
+
+
+@pytest.mark.zoo
+def test_zoo_search_finds_a_ratio_within_the_drop(zoo_model, tmp_path) -> None:
+    """``onnxslim prune --search`` on ppocr-cls with its task metric: the ratio written holds the gate."""
+    import json
+
+    from click.testing import CliRunner
+
+    for module in ("PIL", "scipy", "skimage", "sklearn"):
+        pytest.importorskip(module)
+    from benchmarks.tasks import load_task, metric_spec
+    from onnxslim.cli import main
+
+    data = load_task("ocr-cls").generate(tmp_path / "data", seed=0, n_eval=40, n_calib=32)
+    out = tmp_path / "cls.pruned.onnx"
+    result = CliRunner().invoke(main, [
+        "prune", str(zoo_model("ppocr-cls")), "-o", str(out), "--calib", str(data.calib_path), "--eval",
+        str(data.eval_path), "--metric", metric_spec("ocr-cls"), "--ratio", "0.6", "--max-drop", "0.05", "--search",
+        "--search-steps", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    chosen = [t for t in doc["search"] if t["passed"]]
+    assert chosen and all(t["drop"] <= 0.05 for t in chosen)
+    assert doc["validation"]["metric"]["drop"] == max(chosen, key=lambda t: t["ratio"])["drop"]
+    prune = doc["steps"][1]["stats"]
+    assert prune["macs_after"] < prune["macs_before"]
+    onnx.checker.check_model(onnx.load(out), full_check=True)
