@@ -55,6 +55,7 @@ __all__ = [
     "open_dataset",
     "check_sample",
     "check_dataset",
+    "prepare_dataset",
     "LABELS_KEY",
 ]
 
@@ -400,3 +401,17 @@ def check_dataset(dataset: Dataset, specs: Sequence[InputSpec]) -> None:
         raise DataError(f"{dataset.source}: holds no samples")
     first = next(iter(dataset))
     check_sample(first, specs, where=f"{dataset.source} (sample 0)")
+
+
+def prepare_dataset(source: str | os.PathLike[str] | Dataset, specs: Sequence[InputSpec], *, limit: int | None = None,
+                    shuffle: bool = False, seed: int = 0, image_spec: object | None = None) -> Dataset:
+    """``source`` (a path for :func:`open_dataset`, or a dataset) with at most ``limit`` samples
+    (:func:`select_samples`), checked against ``specs`` (:func:`check_dataset`).
+
+    Raises:
+        DataError: as those three.
+    """
+    dataset = source if isinstance(source, Dataset) else open_dataset(source, specs, image_spec=image_spec)
+    dataset = select_samples(dataset, limit=limit, shuffle=shuffle, seed=seed)
+    check_dataset(dataset, specs)
+    return dataset

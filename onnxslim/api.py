@@ -20,7 +20,7 @@ from onnxslim.runtime import make_session, runnable_feeds
 from onnxslim.summary import ModelSummary, parameter_stats, summarize
 from onnxslim.validate import ValidationReport, validate
 from calibration.collect import DEFAULT_BUDGET, collect
-from calibration.datasets import Dataset, check_dataset, input_specs, open_dataset, select_samples
+from calibration.datasets import Dataset, input_specs, prepare_dataset
 from calibration.observers import ObserverOptions
 from calibration.table import CalibrationTable
 from passes._base import RunContext
@@ -266,10 +266,7 @@ def calibrate_model(
     budget_bytes: int = DEFAULT_BUDGET,
 ) -> CalibrationTable:
     """Collect a calibration table for ``model`` from ``data`` (checked against its inputs first)."""
-    specs = input_specs(model)
-    dataset = data if isinstance(data, Dataset) else open_dataset(data, specs, image_spec=image_spec)
-    dataset = select_samples(dataset, limit=samples, shuffle=shuffle, seed=seed)
-    check_dataset(dataset, specs)
+    dataset = prepare_dataset(data, input_specs(model), limit=samples, shuffle=shuffle, seed=seed, image_spec=image_spec)
     observer = ObserverOptions() if percentile is None else ObserverOptions(percentile=percentile)
     return collect(model, dataset, method=method, progress=progress, observer_options=observer, budget_bytes=budget_bytes)
 

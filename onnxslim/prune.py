@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from calibration.datasets import Dataset, check_dataset, input_specs, open_dataset, select_samples
+from calibration.datasets import Dataset, input_specs, prepare_dataset
 from onnxslim.io import load_model, model_file_size, refuse_overwrite, save_model
 from onnxslim.validate import ValidationReport, validate
 from passes._base import RunContext
@@ -88,11 +88,7 @@ class PruneReport:
 def _dataset(model: Any, calib: str | os.PathLike[str] | Dataset | None, samples: int | None) -> Dataset | None:
     if calib is None:
         return None
-    specs = input_specs(model)
-    dataset = calib if isinstance(calib, Dataset) else open_dataset(calib, specs)
-    dataset = select_samples(dataset, limit=samples)
-    check_dataset(dataset, specs)
-    return dataset
+    return prepare_dataset(calib, input_specs(model), limit=samples)
 
 
 def dry_run(input_path: str | os.PathLike[str], options: PruneOptions, *,

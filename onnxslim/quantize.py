@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from calibration.datasets import Dataset, check_dataset, input_specs, open_dataset, select_samples
+from calibration.datasets import Dataset, input_specs, prepare_dataset
 from calibration.table import CalibrationTable
 from onnxslim.bench import side_by_side_p50
 from onnxslim.cpu import detect_cpu
@@ -133,11 +133,7 @@ class QuantizeReport:
 
 
 def _calibration_data(model: onnx.ModelProto, calib: str | os.PathLike[str] | Dataset, settings: QuantizeSettings) -> Dataset:
-    specs = input_specs(model)
-    dataset = calib if isinstance(calib, Dataset) else open_dataset(calib, specs)
-    dataset = select_samples(dataset, limit=settings.samples)
-    check_dataset(dataset, specs)
-    return dataset
+    return prepare_dataset(calib, input_specs(model), limit=settings.samples)
 
 
 def _first_samples(dataset: Dataset, count: int) -> list[dict[str, np.ndarray]]:
