@@ -22,7 +22,7 @@ from calibration.datasets import Dataset, input_specs, prepare_dataset
 from onnxslim.io import load_model, model_file_size, refuse_overwrite, save_model
 from onnxslim.validate import ValidationReport, validate
 from passes._base import RunContext
-from passes._errors import PreconditionError
+from passes._errors import ModelSaveError, PreconditionError
 from passes.prune import Analysis, PruneChannelsPass, PruneOptions, analyze, render_stats
 from passes.simplify import SimplifyPass
 
@@ -166,6 +166,8 @@ def search_prune(
     """
     out = Path(output_path)
     refuse_overwrite(out, Path(input_path))  # fail before any work
+    if not out.parent.is_dir():
+        raise ModelSaveError(f"{out}: folder {out.parent} does not exist")
     lo, hi, ratio = 0.0, options.ratio, options.ratio
     trials: list[Trial] = []
     best: PruneReport | None = None

@@ -81,7 +81,8 @@ def test_search_that_never_holds_writes_nothing(lenet_path: Path, tmp_path: Path
     assert not out.exists()
 
 
-def test_search_needs_eval_max_drop_and_something_to_measure(lenet_path: Path, tmp_path: Path) -> None:
+def test_search_needs_eval_max_drop_and_something_to_measure(lenet_path: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "p.onnx"
     result = CliRunner().invoke(main, ["prune", str(lenet_path), "-o", str(out), "--search"])
     assert result.exit_code == 2 and "--search needs --eval and --max-drop" in result.output
@@ -90,3 +91,11 @@ def test_search_needs_eval_max_drop_and_something_to_measure(lenet_path: Path, t
                                        "--max-drop", "0.01"])
     assert result.exit_code == 1 and "needs a drop to measure" in result.output
     assert not out.exists()
+    import onnxslim.prune
+
+    def no_trial(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a trial ran")
+
+    monkeypatch.setattr(onnxslim.prune, "prune_file", no_trial)  # refused before the first trial
+    result = _search(lenet_path, tmp_path / "missing" / "p.onnx", "--max-drop", "0.01")
+    assert result.exit_code == 1 and "does not exist" in result.output, result.output
