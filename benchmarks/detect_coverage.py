@@ -32,13 +32,13 @@ from benchmarks.run_tasks import DEFAULT_DATA_DIR, task_data  # noqa: E402
 from benchmarks.tasks import load_task, reference_model  # noqa: E402
 from onnxslim.report import markdown_table  # noqa: E402
 
-__all__ = ["class_scores", "main"]
+__all__ = ["outputs", "main"]
 
 
-def class_scores(session: ort.InferenceSession, images: np.ndarray) -> np.ndarray:
-    """The class scores ``[N, classes, anchors]`` of every image, one image per run."""
+def outputs(session: ort.InferenceSession, images: np.ndarray) -> np.ndarray:
+    """The model's ``[N, 4 + classes, anchors]`` output for every image, one image per run."""
     name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: images[i : i + 1]})[0][:, 4:] for i in range(len(images))])
+    return np.concatenate([session.run(None, {name: images[i : i + 1]})[0] for i in range(len(images))])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,11 +53,10 @@ def main(argv: list[str] | None = None) -> None:
     data = task_data("detect", detect, data_dir=DEFAULT_DATA_DIR, seed=0, n_eval=None, n_calib=args.calib,
                      regenerate=False)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    scores = {split: class_scores(session, np.load(p)["images"]) for split, p in
-              (("calib", data.calib_path), ("eval", data.eval_path))}
-    eval_images = np.load(data.eval_path)["images"]
-    boxes = np.concatenate([detect.postprocess(session.run(None, {"images": eval_images[i : i + 1]})[0])[2]
-                            for i in range(len(eval_images))])
+    raw = {split: outputs(session, np.load(p)["images"]) for split, p in
+           (("calib", data.calib_path), ("eval", data.eval_path))}
+    scores = {split: out[:, 4:] for split, out in raw.items()}
+    boxes = np.concatenate([detect.postprocess(out[None])[2] for out in raw["eval"]])
     rows = []
     for k in range(scores["eval"].shape[1]):
         peak = {s: float(v[:, k].max()) for s, v in scores.items()}
