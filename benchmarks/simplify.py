@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from onnxslim import zoo  # noqa: E402
-from onnxslim.api import simplify_file  # noqa: E402
+from onnxslim.api import FlowOptions, simplify_file  # noqa: E402
 from onnxslim.report import markdown_table  # noqa: E402
 from onnxslim.runtime import make_session, run_model  # noqa: E402
 
@@ -71,7 +71,7 @@ def measure(name: str, workdir: Path) -> list:
     sim_s = time.perf_counter() - start
     start = time.perf_counter()
     out = workdir / f"{name}.onnx"
-    simplify_file(path, out, verify=False)
+    simplify_file(path, out, options=FlowOptions(verify=False))
     ours_s = time.perf_counter() - start
     ours = onnx.load(out)
     feeds = FEEDS[name]

@@ -22,6 +22,8 @@ uncompressed (``np.savez``) are read row by row from the file; compressed member
 
 :func:`check_dataset` compares names, dtypes and shapes with the model's inputs before any run
 and raises a :class:`DataError` that names the input and shows expected versus actual.
+:func:`prepare_dataset` also checks every sample for NaN/Inf as it is read (:class:`FiniteSamples`),
+or drops such samples on request; :func:`check_class_labels` checks labels for labeled accuracy.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ __all__ = [
     "check_sample",
     "check_dataset",
     "prepare_dataset",
+    "FiniteSamples",
+    "nonfinite_problem",
+    "check_class_labels",
     "LABELS_KEY",
 ]
 
@@ -403,15 +408,99 @@ def check_dataset(dataset: Dataset, specs: Sequence[InputSpec]) -> None:
     check_sample(first, specs, where=f"{dataset.source} (sample 0)")
 
 
+def nonfinite_problem(sample: Mapping[str, np.ndarray]) -> str | None:
+    """Which input of ``sample`` holds NaN/Inf and how many, or ``None`` when all are finite."""
+    for name, value in sample.items():
+        array = np.asarray(value)
+        if np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.complexfloating):
+            bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+            if bad:
+                return f"input '{name}' has {bad} NaN/Inf value{'s' if bad > 1 else ''}"
+    return None
+
+
+class FiniteSamples(Dataset):
+    """Another dataset whose samples are checked for NaN/Inf as they are read (nothing is held)."""
+
+    def __init__(self, base: Dataset) -> None:
+        self._base = base
+        self.source, self.synthetic = base.source, base.synthetic
+
+    def __len__(self) -> int:
+        return len(self._base)
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        return self._base.labels
+
+    def _checked(self, sample: Sample, index: int) -> Sample:
+        problem = nonfinite_problem(sample)
+        if problem:
+            raise DataError(f"{self.source}: sample {index}: {problem} (fix the data, or --skip-nonfinite drops such samples)")
+        return sample
+
+    def __iter__(self) -> Iterator[Sample]:
+        for index, sample in enumerate(self._base):
+            yield self._checked(sample, index)
+
+    def sample(self, index: int) -> Sample:
+        return self._checked(self._base.sample(index), index)
+
+
+def _finite_only(dataset: Dataset) -> Dataset:
+    """``dataset`` without the samples that hold NaN/Inf (one scan); the source says how many went."""
+    keep = [i for i, sample in enumerate(dataset) if nonfinite_problem(sample) is None]
+    dropped = len(dataset) - len(keep)
+    if not keep:
+        raise DataError(f"{dataset.source}: every one of its {dropped} samples holds NaN/Inf")
+    if not dropped:
+        return dataset
+    return Subset(dataset, keep, how=f"{dropped} of {len(dataset)} samples skipped for NaN/Inf")
+
+
 def prepare_dataset(source: str | os.PathLike[str] | Dataset, specs: Sequence[InputSpec], *, limit: int | None = None,
-                    shuffle: bool = False, seed: int = 0, image_spec: object | None = None) -> Dataset:
+                    shuffle: bool = False, seed: int = 0, image_spec: object | None = None,
+                    skip_nonfinite: bool = False) -> Dataset:
     """``source`` (a path for :func:`open_dataset`, or a dataset) with at most ``limit`` samples
-    (:func:`select_samples`), checked against ``specs`` (:func:`check_dataset`).
+    (:func:`select_samples`), checked against ``specs`` (:func:`check_dataset`), and every sample
+    checked for NaN/Inf as it is read — or, with ``skip_nonfinite``, the samples holding NaN/Inf
+    dropped (after the limit; the dataset's ``source`` says how many).
 
     Raises:
-        DataError: as those three.
+        DataError: as those three; a sample with NaN/Inf (when it is read); no finite sample.
     """
     dataset = source if isinstance(source, Dataset) else open_dataset(source, specs, image_spec=image_spec)
     dataset = select_samples(dataset, limit=limit, shuffle=shuffle, seed=seed)
+    dataset = _finite_only(dataset) if skip_nonfinite else FiniteSamples(dataset)
     check_dataset(dataset, specs)
     return dataset
+
+
+def check_class_labels(labels: np.ndarray, *, count: int, classes: int, where: str = "labels") -> np.ndarray:
+    """``labels`` as one integer class id per sample, checked for labeled accuracy.
+
+    Args:
+        labels: the data's labels.
+        count: how many samples were predicted.
+        classes: the size of the class axis of the scores they are compared with.
+
+    Raises:
+        DataError: saying what is wrong: one-hot or other multi-column labels, float labels,
+            a count that differs from the samples, ids outside ``[0, classes)``.
+    """
+    array = np.asarray(labels)
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim != 1:
+        shape = "x".join(map(str, array.shape))
+        hint = " (one-hot?)" if array.ndim == 2 else ""
+        raise DataError(f"{where} are {array.ndim}-D [{shape}]{hint}: give one integer class id per sample")
+    if not np.issubdtype(array.dtype, np.integer):
+        raise DataError(f"{where} are {array.dtype} (float?): give integer class ids")
+    if len(array) != count:
+        raise DataError(f"{where}: {len(array)} labels for {count} predictions")
+    bad = np.flatnonzero((array < 0) | (array >= classes))
+    if bad.size:
+        raise DataError(f"{where}: label {int(array[bad[0]])} of sample {int(bad[0])} is out of range for "
+                        f"{classes} classes ({bad.size} such labels)")
+    return array

@@ -43,7 +43,7 @@ from onnxslim.report import human_bytes, markdown_table
 from onnxslim.runtime import GRAPH_OPT_LEVELS, InputSpec, cast_feeds, input_specs, make_session, run_model, synthesize_feeds
 from passes._errors import DataError, OnnxSlimError
 
-__all__ = ["RUNTIMES", "PERCENTILE_METHOD", "MIN_RUNS_WITH_BUDGET", "BenchOptions", "BenchRow", "BenchReport", "bench", "side_by_side_p50"]
+__all__ = ["RUNTIMES", "PERCENTILE_METHOD", "MIN_RUNS_WITH_BUDGET", "BenchOptions", "BenchRow", "BenchReport", "bench", "side_by_side_runs"]
 
 #: Engines ``--runtime`` accepts; every one but onnxruntime is an optional extra.
 RUNTIMES = ("onnxruntime", "openvino")
@@ -423,7 +423,7 @@ def _timed_rounds(
     return samples
 
 
-def side_by_side_p50(
+def side_by_side_runs(
     models: Sequence[onnx.ModelProto],
     feeds: Mapping[str, np.ndarray],
     *,
@@ -431,8 +431,10 @@ def side_by_side_p50(
     runs: int = 30,
     warmup: int = 3,
     graph_opt: str = "all",
-) -> list[float]:
-    """p50 latency in ms of each model on the same feeds, timed round-robin in this process.
+) -> list[list[float]]:
+    """Milliseconds of every timed run of each model on the same feeds, timed round-robin in
+    this process: entry ``k`` of every list comes from the same round, so runs can be compared
+    pairwise (machine drift hits both alike).
 
     The quick check commands use to say whether a rewrite made a model faster; ``bench`` is the
     full measurement.
@@ -449,7 +451,7 @@ def side_by_side_p50(
         raise err
 
     samples = _timed_rounds(runners, BenchOptions(runs=runs, warmup=0), lambda _: None, fail)
-    return [float(np.percentile(samples[i], 50, method=PERCENTILE_METHOD)) / 1e6 for i in range(len(models))]
+    return [[ns / 1e6 for ns in samples[i]] for i in range(len(models))]
 
 
 # ----------------------------------------------------------------------------- subprocesses

@@ -8,6 +8,7 @@ errors exit 2 (click's convention). ``-v`` shows DEBUG logs and the traceback of
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -23,12 +24,13 @@ from onnxslim.bench import RUNTIMES, BenchOptions
 from calibration.collect import DEFAULT_BUDGET
 from calibration.images import load_image_spec
 from calibration.observers import ObserverOptions
+from onnxslim.flow import EvalRequest, FlowOptions
 from onnxslim.io import load_model, refuse_overwrite
 from onnxslim.quantize import QuantizeSettings
 from passes.fp16 import Fp16Options
 from passes.prune import PruneOptions
 from onnxslim.runtime import parse_shape_option
-from passes._errors import OnnxSlimError
+from passes._errors import OnnxSlimError, UsageError
 
 __all__ = ["main"]
 
@@ -36,15 +38,31 @@ log = logging.getLogger("onnxslim")
 F = TypeVar("F", bound=Callable[..., Any])
 
 _SHAPE_HELP = "Value of dynamic input dims, e.g. --shape input=1x3x224x224 (repeatable)."
+#: Exit code of a command stopped by Ctrl-C (128 + SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
+
+
+class _UsageProblem(click.ClickException):
+    """A usage error found after parsing (e.g. a node name not in the model): one line, exit 2."""
+
+    exit_code = 2
 
 
 def _errors_to_exit_code(func: F) -> F:
-    """Turn an OnnxSlimError into click's one-line 'Error: …' and exit code 1."""
+    """Turn an OnnxSlimError into click's one-line 'Error: …' and exit code 1 (2 for a
+    :class:`UsageError`), and Ctrl-C into one line and exit code 130."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except KeyboardInterrupt:
+            log.debug("interrupted", exc_info=True)
+            click.echo("Interrupted: nothing written", err=True)
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+        except UsageError as err:
+            log.debug("usage error", exc_info=True)
+            raise _UsageProblem(str(err)) from err
         except OnnxSlimError as err:
             log.debug("failure", exc_info=True)
             raise click.ClickException(str(err)) from err
@@ -59,31 +77,114 @@ def _shapes(texts: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
         raise click.BadParameter(str(err), param_hint="--shape") from err
 
 
+class _Progress:
+    """Progress bars on stderr, one per stage label, driven by ``(label, done, total)``; silent
+    when stderr is not a terminal (so logs and errors stay one line)."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._label = ""
+        self._done = 0
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        if not sys.stderr.isatty():
+            return
+        if self._bar is None or label != self._label:
+            self.close()
+            self._bar = click.progressbar(length=max(total, 1), label=label, file=sys.stderr).__enter__()
+            self._label, self._done = label, 0
+        self._bar.length = max(total, done, 1)  # a calibration split to fit memory adds runs
+        self._bar.update(done - self._done)
+        self._done = done
+
+    def ticker(self, label: str) -> Callable[[int, int], None]:
+        """``tick(done, total)`` for one stage."""
+        return lambda done, total: self(label, done, total)
+
+    def close(self) -> None:
+        """End the current bar (its line stays on the terminal)."""
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+
+
 @contextlib.contextmanager
 def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
     """A progress bar on stderr driven by ``tick(done, total)``; silent when stderr is not a tty."""
-    state: dict[str, Any] = {}
-
-    def tick(done: int, total: int) -> None:
-        if not sys.stderr.isatty():
-            return
-        if "bar" not in state:
-            state["bar"] = click.progressbar(length=total, label=label, file=sys.stderr).__enter__()
-        state["bar"].length = total  # a calibration pass split to fit memory adds runs
-        state["bar"].update(done - state.get("done", 0))
-        state["done"] = done
-
+    bars = _Progress()
     try:
-        yield tick
+        yield bars.ticker(label)
     finally:
-        if "bar" in state:
-            state["bar"].__exit__(None, None, None)
+        bars.close()
+
+
+@contextlib.contextmanager
+def _stages() -> Iterator[_Progress]:
+    """Progress bars for a command with several long stages."""
+    bars = _Progress()
+    try:
+        yield bars
+    finally:
+        bars.close()
 
 
 def _echo_err(message: str) -> None:
     """Progress messages: on an interactive stderr only, so errors stay one line in logs."""
     if sys.stderr.isatty():
         click.echo(message, err=True)
+
+
+def _flow_options(f: F) -> F:
+    """The options every model-writing command shares."""
+    options = [
+        click.option("--data", type=click.Path(path_type=Path),
+                     help="Verification samples (.npz keyed by input name, samples on axis 0, or a folder of "
+                          ".npz/.npy): each pass is compared with its input on them. Needed when random inputs "
+                          "cannot drive the model (e.g. an input that must hold particular values). "
+                          "Default: the --calib data, else random inputs."),
+        click.option("--skip-nonfinite", is_flag=True,
+                     help="Drop samples holding NaN/Inf from every data set (their number is reported) "
+                          "instead of refusing the data."),
+        click.option("--verify/--no-verify", default=True, show_default=True,
+                     help="Compare each pass's output with its input in onnxruntime before writing."),
+        click.option("--shape", "shape", multiple=True, help=_SHAPE_HELP + " For random verification inputs."),
+        click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _eval_options(f: F) -> F:
+    """--eval, --metric, --max-drop."""
+    options = [
+        click.option("--eval", "eval_data", type=click.Path(path_type=Path),
+                     help="Evaluate input and result on these samples before writing."),
+        click.option("--metric", metavar="MODULE:FUNC", help="Task metric for --eval (see `onnxslim validate`)."),
+        click.option("--max-drop", type=click.FloatRange(min=0), metavar="X",
+                     help="With --eval: when accuracy/metric drops more than X, write nothing and exit 1."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _flow(data: Path | None, skip_nonfinite: bool, verify: bool, shape: tuple[str, ...], eval_data: Path | None = None,
+          metric: str | None = None, max_drop: float | None = None) -> FlowOptions:
+    if (metric is not None or max_drop is not None) and eval_data is None:
+        raise click.UsageError("--metric and --max-drop need --eval DATA")
+    evaluation = None if eval_data is None else EvalRequest(eval_data, metric=metric, max_drop=max_drop)
+    return FlowOptions(verify=verify, data=data, shapes=_shapes(shape), evaluation=evaluation,
+                       skip_nonfinite=skip_nonfinite)
+
+
+def _finish(report: Any, as_json: bool) -> None:
+    """Print a model-writing command's report; exit 1 when a gate held nothing back."""
+    verbose = bool(click.get_current_context().find_root().params.get("verbose"))
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.render(verbose=verbose))
+    if not report.passed:
+        failures = report.validation.failures if report.validation is not None else []
+        raise click.ClickException(f"gate not met: {failures[0] if failures else 'see the report'}; nothing written")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -118,22 +219,18 @@ def inspect(model: Path, shape: tuple[str, ...], as_json: bool) -> None:
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Where to write the result.")
-@click.option("--verify/--no-verify", default=True, show_default=True,
-              help="Compare the result with the input in onnxruntime on random inputs.")
-@click.option("--shape", "shape", multiple=True, help=_SHAPE_HELP + " Used for verification.")
 @click.option("--onnxsim/--no-onnxsim", "use_onnxsim", default=True, show_default=True,
               help="Run onnx-simplifier before onnxslim's own rewrites.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@_flow_options
 @_errors_to_exit_code
-def simplify(model: Path, output: Path, verify: bool, shape: tuple[str, ...], use_onnxsim: bool, as_json: bool) -> None:
+def simplify(model: Path, output: Path, use_onnxsim: bool, data: Path | None, skip_nonfinite: bool, verify: bool,
+             shape: tuple[str, ...], as_json: bool) -> None:
     """Fold constants and BatchNorms, drop Identity/Dropout, dedupe weights; write to -o."""
-    report = api.simplify_file(
-        model, output, verify=verify, shapes=_shapes(shape), use_onnxsim=use_onnxsim
-    )
-    if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
-    else:
-        click.echo(report.render())
+    report = api.simplify_file(model, output, use_onnxsim=use_onnxsim,
+                               options=_flow(data, skip_nonfinite, verify, shape))
+    if report.unchanged:
+        click.echo("Note: nothing to simplify; the output is a copy of the input (UNCHANGED)", err=True)
+    _finish(report, as_json)
 
 
 @main.command("fp16")
@@ -144,24 +241,24 @@ def simplify(model: Path, output: Path, verify: bool, shape: tuple[str, ...], us
 @click.option("--block-op", "block_ops", multiple=True, metavar="OP", help="Keep every node of this op type in float32 (repeatable).")
 @click.option("--block-node", "block_nodes", multiple=True, metavar="NAME", help="Keep this node in float32 (repeatable).")
 @click.option("--weights-only", is_flag=True, help="Store weights in float16, compute in float32 (half the file, same numbers).")
-@click.option("--calib", type=click.Path(path_type=Path), help="Samples whose observed ranges keep overflowing nodes in float32.")
+@click.option("--calib", type=click.Path(path_type=Path),
+              help="Samples whose observed ranges keep overflowing nodes in float32 (also the verification samples).")
 @click.option("--samples", type=click.IntRange(min=1), help="Use at most N calibration samples.")
 @click.option("--safe-max", type=click.FloatRange(min=0, min_open=True), default=Fp16Options().safe_max, show_default=True,
               help="With --calib: a node whose tensors exceed this magnitude stays float32.")
-@click.option("--verify/--no-verify", default=True, show_default=True, help="Compare with the input in onnxruntime.")
-@click.option("--shape", "shape", multiple=True, help=_SHAPE_HELP + " Used for verification.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@_flow_options
 @_errors_to_exit_code
 def fp16_cmd(model: Path, output: Path, keep_io_types: bool, block_ops: tuple[str, ...], block_nodes: tuple[str, ...],
-             weights_only: bool, calib: Path | None, samples: int | None, safe_max: float, verify: bool,
-             shape: tuple[str, ...], as_json: bool) -> None:
+             weights_only: bool, calib: Path | None, samples: int | None, safe_max: float, data: Path | None,
+             skip_nonfinite: bool, verify: bool, shape: tuple[str, ...], as_json: bool) -> None:
     """Convert MODEL to float16 without breaking it; nodes that must stay float32 are listed."""
     options = Fp16Options(keep_io_types=keep_io_types, block_ops=block_ops, block_nodes=block_nodes,
                           weights_only=weights_only, safe_max=safe_max)
+    flow = _flow(data, skip_nonfinite, verify, shape)
+    flow = dataclasses.replace(flow, names={"--block-node": block_nodes}, ops={"--block-op": block_ops})
     with _progress("calibrating") as tick:
-        report = api.fp16_file(model, output, options=options, calib=calib, samples=samples, verify=verify,
-                               shapes=_shapes(shape), progress=tick)
-    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.render())
+        report = api.fp16_file(model, output, options=options, calib=calib, samples=samples, flow=flow, progress=tick)
+    _finish(report, as_json)
 
 
 _IMAGE_HELP = ("For a folder of images: preprocessing as key=value pairs (e.g. resize=256,crop=224,mean=0.485:0.456:0.406,"
@@ -203,7 +300,8 @@ def calibrate_cmd(model: Path, calib: Path, output: Path, method: str, samples: 
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Where to write the result.")
 @click.option("--mode", type=click.Choice(["static", "dynamic"]), default="static", show_default=True,
               help="static: QDQ with calibrated activation ranges; dynamic: int8 weights, activations at run time (MatMul/Gemm).")
-@click.option("--calib", type=click.Path(path_type=Path), help="Calibration samples (.npz, folder of .npz/.npy, or images).")
+@click.option("--calib", type=click.Path(path_type=Path),
+              help="Calibration samples (.npz, folder of .npz/.npy, or images); also the verification samples.")
 @click.option("--table", type=click.Path(path_type=Path), help="A table from `onnxslim calibrate` instead of --calib.")
 @click.option("--method", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default="minmax", show_default=True,
               help="How activation ranges are chosen from the calibration data.")
@@ -215,33 +313,25 @@ def calibrate_cmd(model: Path, calib: Path, output: Path, method: str, samples: 
               help="7-bit weights (for CPUs without VNNI). Default: decided from this CPU, and said in the output.")
 @click.option("--exclude-op", "exclude_ops", multiple=True, metavar="OP", help="Never quantize this op type (repeatable).")
 @click.option("--exclude-node", "exclude_nodes", multiple=True, metavar="NAME", help="Never quantize this node (repeatable).")
-@click.option("--eval", "eval_data", type=click.Path(path_type=Path), help="Evaluate input and result on these samples.")
-@click.option("--metric", metavar="MODULE:FUNC", help="Task metric for --eval (see `onnxslim validate`).")
-@click.option("--max-drop", type=float, metavar="X", help="With --eval: exit 1 when accuracy/metric drops more than X.")
-@click.option("--verify/--no-verify", default=True, show_default=True,
-              help="Compare the result with the prepared model in onnxruntime (cosine) before writing it.")
-@click.option("--shape", "shape", multiple=True, help=_SHAPE_HELP + " For verification without --calib.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@_eval_options
+@_flow_options
 @click.pass_context
 @_errors_to_exit_code
 def quantize_cmd(ctx: click.Context, model: Path, output: Path, mode: str, calib: Path | None, table: Path | None,
                  method: str, samples: int | None, per_channel: bool, activations: str, reduce_range: bool | None,
                  exclude_ops: tuple[str, ...], exclude_nodes: tuple[str, ...], eval_data: Path | None, metric: str | None,
-                 max_drop: float | None, verify: bool, shape: tuple[str, ...], as_json: bool) -> None:
+                 max_drop: float | None, data: Path | None, skip_nonfinite: bool, verify: bool, shape: tuple[str, ...],
+                 as_json: bool) -> None:
     """Quantize MODEL to int8 and report size, fused int8 nodes, latency and (with --eval) accuracy."""
     source = ctx.get_parameter_source("activations")
     if mode == "dynamic" and source is not None and source.name == "COMMANDLINE":
         raise click.UsageError("--activations applies to static mode; dynamic activations are always u8")
-    if calib is not None and table is not None:
-        raise click.UsageError("give --calib or --table, not both")
     settings = QuantizeSettings(mode=mode, method=method, samples=samples, per_channel=per_channel, activations=activations,
                                 reduce_range=reduce_range, exclude_ops=exclude_ops, exclude_nodes=exclude_nodes)
+    flow = _flow(data, skip_nonfinite, verify, shape, eval_data, metric, max_drop)
     with _progress("calibrating") as tick:
-        report = api.quantize_file(model, output, settings=settings, calib=calib, table=table, eval_data=eval_data,
-                                   metric=metric, max_drop=max_drop, verify=verify, shapes=_shapes(shape), progress=tick)
-    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.render())
-    if not report.passed:
-        raise click.ClickException(f"gate not met: {report.validation.failures[0]}")
+        report = api.quantize_file(model, output, settings=settings, calib=calib, table=table, flow=flow, progress=tick)
+    _finish(report, as_json)
 
 
 @main.command("prune")
@@ -261,28 +351,25 @@ def quantize_cmd(ctx: click.Context, model: Path, output: Path, mode: str, calib
 @click.option("--round-to", type=click.IntRange(min=1), default=8, show_default=True,
               help="Kept channel counts are multiples of this (never zero).")
 @click.option("--exclude-node", "exclude_nodes", multiple=True, metavar="NAME", help="Never prune this node's channels (repeatable).")
-@click.option("--calib", type=click.Path(path_type=Path), help="Samples for activation importance, bias compensation and reconstruction.")
+@click.option("--calib", type=click.Path(path_type=Path),
+              help="Samples for activation importance, bias compensation and reconstruction (also the verification samples).")
 @click.option("--samples", type=click.IntRange(min=1), help="Use at most N calibration samples.")
 @click.option("--reconstruct/--no-reconstruct", default=None,
               help="Least-squares re-fit of the layers that lost inputs (default: on with --calib).")
 @click.option("--dry-run", is_flag=True, help="List the channel groups and what would be removed; write nothing.")
-@click.option("--eval", "eval_data", type=click.Path(path_type=Path), help="Evaluate input and result on these samples.")
-@click.option("--metric", metavar="MODULE:FUNC", help="Task metric for --eval (see `onnxslim validate`).")
-@click.option("--max-drop", type=float, metavar="X", help="With --eval: exit 1 when accuracy/metric drops more than X.")
+@_eval_options
 @click.option("--search", is_flag=True,
               help="With --eval and --max-drop: write the largest ratio (at most --ratio) whose drop stays within "
                    "--max-drop, found by bisection; the eval data then chose the ratio, so report accuracy on other data.")
 @click.option("--search-steps", type=click.IntRange(min=1), default=4, show_default=True,
               help="Bisection steps of --search after --ratio fails (each prunes and evaluates once).")
-@click.option("--verify/--no-verify", default=True, show_default=True,
-              help="Check the result keeps output names, shapes and finiteness in onnxruntime.")
-@click.option("--shape", "shape", multiple=True, help=_SHAPE_HELP + " Used for verification.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@_flow_options
 @_errors_to_exit_code
 def prune_cmd(model: Path, output: Path | None, ratio: float, criterion: str | None, allocation: str | None, per_layer: bool,
               round_to: int, exclude_nodes: tuple[str, ...], calib: Path | None, samples: int | None, reconstruct: bool | None,
               dry_run: bool, eval_data: Path | None, metric: str | None, max_drop: float | None, search: bool,
-              search_steps: int, verify: bool, shape: tuple[str, ...], as_json: bool) -> None:
+              search_steps: int, data: Path | None, skip_nonfinite: bool, verify: bool, shape: tuple[str, ...],
+              as_json: bool) -> None:
     """Remove the least important channels of MODEL: a physically smaller model, same interface."""
     if per_layer and allocation not in (None, "uniform"):
         raise click.UsageError(f"--per-layer means --allocation uniform, not {allocation}")
@@ -294,20 +381,19 @@ def prune_cmd(model: Path, output: Path | None, ratio: float, criterion: str | N
         return
     if output is None:
         raise click.UsageError("-o/--output is required (or use --dry-run)")
-    common = dict(options=options, calib=calib, samples=samples, eval_data=eval_data, metric=metric, max_drop=max_drop,
-                  verify=verify, shapes=_shapes(shape))
-    if search:
-        if eval_data is None or max_drop is None:
-            raise click.UsageError("--search needs --eval and --max-drop")
-        report = api.prune_search(model, output, steps=search_steps, progress=_echo_err, **common)
-    else:
-        report = api.prune_file(model, output, **common)
-    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.render())
-    if not report.passed:
-        if report.base is None:
-            raise click.ClickException(f"no ratio tried met --max-drop {max_drop:g} "
-                                       f"(smallest tried {min(t.ratio for t in report.trials):.3f}); nothing written")
-        raise click.ClickException(f"gate not met: {report.validation.failures[0]}")
+    flow = _flow(data, skip_nonfinite, verify, shape, eval_data, metric, max_drop)
+    with _stages() as progress:
+        if search:
+            report = api.prune_search(model, output, options=options, calib=calib, samples=samples, flow=flow,
+                                      steps=search_steps, progress=progress)
+        else:
+            report = api.prune_file(model, output, options=options, calib=calib, samples=samples, flow=flow,
+                                    progress=progress)
+    if report.trials and report.chosen is None:
+        click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.render())
+        raise click.ClickException(f"no ratio tried met --max-drop {max_drop:g} "
+                                   f"(smallest tried {min(t.ratio for t in report.trials):.3f}); nothing written")
+    _finish(report, as_json)
 
 
 @main.command("validate")

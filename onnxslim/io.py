@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError
 
 from passes._errors import InvalidModelError, ModelLoadError, ModelSaveError
 
-__all__ = ["load_model", "save_model", "refuse_overwrite", "check_model", "model_file_size", "PROTO_LIMIT"]
+__all__ = ["load_model", "save_model", "refuse_overwrite", "check_output_path", "check_model", "model_file_size", "PROTO_LIMIT"]
 
 #: Largest protobuf that can be serialized in one piece; above it weights go to external data.
 PROTO_LIMIT = 2**31 - 1
@@ -145,6 +145,23 @@ def refuse_overwrite(output: Path, input_path: Path) -> None:
         raise ModelSaveError(f"{output}: refusing to overwrite the input model; choose another -o")
 
 
+def check_output_path(output: Path, input_path: Path | None = None) -> None:
+    """Refuse, before any work, an output that cannot be written: the input itself (or its
+    external data), a folder, or a path whose folder does not exist or is not writable.
+
+    Raises:
+        ModelSaveError: naming the path and the reason.
+    """
+    if input_path is not None:
+        refuse_overwrite(output, input_path)
+    if output.is_dir():
+        raise ModelSaveError(f"{output}: is a folder")
+    if not output.parent.is_dir():
+        raise ModelSaveError(f"{output}: folder {output.parent} does not exist")
+    if not os.access(output.parent, os.W_OK | os.X_OK):
+        raise ModelSaveError(f"{output}: folder {output.parent} is not writable")
+
+
 def save_model(
     model: onnx.ModelProto,
     path: str | os.PathLike[str],
@@ -170,12 +187,7 @@ def save_model(
             too large without external data, or the write failed. No partial file is left.
     """
     path = Path(path)
-    if input_path is not None:
-        refuse_overwrite(path, Path(input_path))
-    if not path.parent.is_dir():
-        raise ModelSaveError(f"{path}: folder {path.parent} does not exist")
-    if path.is_dir():
-        raise ModelSaveError(f"{path}: is a folder")
+    check_output_path(path, None if input_path is None else Path(input_path))
     use_external = _needs_external(model) if external_data is None else external_data
     if not use_external and _needs_external(model):
         raise ModelSaveError(f"{path}: model is over 2 GB; it must be saved with external data")

@@ -3,10 +3,15 @@
 Each pass is compared with *its own input* under *its own* tolerance, so a lossy pass is not
 judged by an exact pass's tolerance. Every failure is wrapped with the pass's name and the
 passes that ran before it.
+
+Besides passes, a pipeline may hold :class:`ContextStep` s: steps that read the model as it is at
+that point and hand later passes a new :class:`RunContext` (calibration between "prepare" and
+"quantize", so the table is measured on the graph it will be applied to, and only once).
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import logging
 import time
@@ -22,9 +27,19 @@ from onnxslim.validate import tolerance_violation
 from passes._base import Pass, PassResult, RunContext
 from passes._errors import DataError, InvalidModelError, OnnxSlimError, PassError, VerificationError
 
-__all__ = ["StepReport", "PipelineReport", "run_pipeline"]
+__all__ = ["ContextStep", "StepReport", "PipelineReport", "run_pipeline"]
 
 log = logging.getLogger(__name__)
+
+
+class ContextStep(abc.ABC):
+    """A pipeline step that leaves the model alone and gives the passes after it a new context."""
+
+    name: str = "context"
+
+    @abc.abstractmethod
+    def update(self, model: onnx.ModelProto, ctx: RunContext) -> tuple[RunContext, Mapping[str, Any]]:
+        """The context for the passes after this step, and stats for the report."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +50,7 @@ class StepReport:
     changed: bool
     stats: Mapping[str, Any]
     seconds: float
-    verified: str  # "passed", "not requested", "unchanged", or "skipped: <reason>"
+    verified: str  # "passed", "not requested", "unchanged", or "not a rewrite" (a context step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,26 +65,18 @@ class PipelineReport:
         return {"steps": [dataclasses.asdict(s) | {"stats": dict(s.stats)} for s in self.steps]}
 
 
-def _reference_outputs(
-    model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]]
-) -> list[dict[str, np.ndarray]] | str:
-    """Outputs of ``model`` on each feed, or the reason it could not be run."""
-    try:
-        session = make_session(model, graph_opt="disable")
-        return [run_model(session, f) for f in feeds]
-    except OnnxSlimError as err:
-        return f"skipped: the pass input cannot run on the verification inputs ({err})"
-
-
 def _verify(
     pass_: Pass,
     before: onnx.ModelProto,
     after: onnx.ModelProto,
     feeds: Sequence[Mapping[str, np.ndarray]],
 ) -> str:
-    reference = _reference_outputs(before, feeds)
-    if isinstance(reference, str):
-        return reference
+    try:
+        session = make_session(before, graph_opt="disable")
+        reference = [run_model(session, cast_feeds(f, before)) for f in feeds]
+    except OnnxSlimError as err:
+        raise VerificationError(f"cannot verify pass '{pass_.name}': its input model does not run on the "
+                                f"verification inputs ({err})") from err
     try:
         session = make_session(after, graph_opt="disable")
         candidate = [run_model(session, cast_feeds(f, after)) for f in feeds]
@@ -97,9 +104,19 @@ def _apply(pass_: Pass, work: onnx.ModelProto, ctx: RunContext, before: list[str
     return result
 
 
+def _update_context(step: ContextStep, work: onnx.ModelProto, ctx: RunContext,
+                    before: list[str]) -> tuple[RunContext, Mapping[str, Any]]:
+    try:
+        return step.update(work, ctx)
+    except PassError:
+        raise
+    except OnnxSlimError as err:
+        raise PassError(step.name, before, str(err)) from err
+
+
 def run_pipeline(
     model: onnx.ModelProto,
-    passes: Sequence[Pass],
+    passes: Sequence[Pass | ContextStep],
     ctx: RunContext,
     *,
     verify_feeds: Sequence[Mapping[str, np.ndarray]] | None = None,
@@ -108,7 +125,7 @@ def run_pipeline(
 
     Args:
         model: the input model.
-        passes: the passes, in order.
+        passes: the passes (and context steps), in order.
         ctx: the explicit run context handed to each pass.
         verify_feeds: when given, each pass that changed the model is compared with its own
             input on these samples under the pass's tolerance.
@@ -123,6 +140,11 @@ def run_pipeline(
     steps: list[StepReport] = []
     for pass_ in passes:
         names_before = [s.name for s in steps]
+        if isinstance(pass_, ContextStep):
+            start = time.perf_counter()
+            ctx, stats = _update_context(pass_, work, ctx, names_before)
+            steps.append(StepReport(pass_.name, False, dict(stats), time.perf_counter() - start, "not a rewrite"))
+            continue
         snapshot = None
         if verify_feeds is not None:
             snapshot = onnx.ModelProto()

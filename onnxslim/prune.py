@@ -1,30 +1,37 @@
 """``onnxslim prune``: simplify, then remove the least important channels, then measure.
 
-Flow: load → :class:`passes.simplify.SimplifyPass` (Constant weights folded into initializers,
-BatchNorm folded — pruning slices initializers) → :class:`passes.prune.PruneChannelsPass`
-with the calibration samples (``--calib``) for activation importance, bias compensation and
-least-squares reconstruction → written atomically. ``--dry-run`` lists the channel groups and
-what would be removed, and writes nothing. With ``--eval``, the task accuracy of both models.
-``--search`` (with ``--eval`` and ``--max-drop``) bisects the ratio: the largest one tried, at most
-``--ratio``, whose drop stays within ``--max-drop`` is written (:func:`search_prune`).
+Plan, through the one flow (:func:`onnxslim.flow.run_flow`): :class:`passes.simplify.SimplifyPass`
+(Constant weights folded into initializers, BatchNorm folded — pruning slices initializers) →
+:class:`passes.prune.PruneChannelsPass` with the calibration samples (``--calib``) for activation
+importance, bias compensation and least-squares reconstruction. A model with nothing to prune is
+an error naming why (nothing is written). ``--dry-run`` lists the channel groups and what would be
+removed, and writes nothing. ``--search`` (with ``--eval`` and ``--max-drop``) bisects the ratio:
+every trial runs the flow without writing, and the largest ratio tried, at most ``--ratio``, whose
+drop stays within ``--max-drop`` is written at the end (:func:`search_prune`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from calibration.datasets import Dataset, input_specs, prepare_dataset
-from onnxslim.io import load_model, model_file_size, refuse_overwrite, save_model
-from onnxslim.validate import ValidationReport, validate
+import onnx
+
+from calibration.datasets import Dataset
+from onnxslim.flow import FlowOptions, PassReport, Plan, open_data, run_flow, write_outcome
+from onnxslim.io import check_output_path, load_model
+from onnxslim.validate import ValidationReport
 from passes._base import RunContext
-from passes._errors import ModelSaveError, PreconditionError
+from passes._errors import PreconditionError, UsageError
+from passes._graph import check_names
 from passes.prune import Analysis, PruneChannelsPass, PruneOptions, analyze, render_stats
 from passes.simplify import SimplifyPass
+
+#: ``progress(label, done, total)``: what a long stage has done so far.
+Progress = Callable[[str, int, int], None]
 
 __all__ = ["PruneReport", "Trial", "prune_file", "search_prune", "dry_run"]
 
@@ -41,35 +48,33 @@ class Trial:
 
 @dataclasses.dataclass(frozen=True)
 class PruneReport:
-    """What ``prune`` did: the pass report, the per-group table, and (with --eval) accuracy."""
+    """What ``prune`` did: the flow's report (with the per-group table and, with ``--eval``,
+    accuracy) and the ratios a search tried."""
 
-    base: Any  # onnxslim.api.PassReport; None when a search wrote nothing
-    validation: ValidationReport | None
+    base: PassReport
     trials: tuple[Trial, ...] = ()
 
     @property
     def passed(self) -> bool:
-        """Whether the ``--eval`` gates (if any) held (a search: whether some ratio met them)."""
-        if self.base is None:
-            return False
-        return self.validation is None or self.validation.passed
+        """Whether the ``--eval`` gates (if any) held, so the output was written (a search:
+        whether some ratio met them)."""
+        return self.base.passed and (not self.trials or self.chosen is not None)
+
+    @property
+    def validation(self) -> ValidationReport | None:
+        """The evaluation of the model written (a failed search: of the last ratio tried)."""
+        return self.base.validation
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        out = {"output": None} if self.base is None else self.base.to_dict()
-        out["validation"] = None if self.validation is None else self.validation.to_dict()
+        out = self.base.to_dict()
         if self.trials:
             out["search"] = [dataclasses.asdict(t) for t in self.trials]
         return out
 
-    def render(self) -> str:
-        """Sizes, params and MACs per pruned group, verification, then accuracy (and the search)."""
-        lines = []
-        if self.base is not None:
-            prune_stats = next((s.stats for s in self.base.pipeline.steps if s.name == "prune"), {})
-            lines += [self.base.render(), "", render_stats(prune_stats)]
-        if self.validation is not None:
-            lines.append(self.validation.render())
+    def render(self, *, verbose: bool = False) -> str:
+        """Sizes, params and MACs per pruned group, verification, accuracy, and the search."""
+        lines = [self.base.render(verbose=verbose), "", render_stats(self.base.step_stats("prune"))]
         if self.trials:
             chosen = self.chosen
             lines.append("search (eval data chose the ratio: hold out other data to report accuracy): "
@@ -85,18 +90,36 @@ class PruneReport:
         return max(ok, key=lambda t: t.ratio) if ok else None
 
 
-def _dataset(model: Any, calib: str | os.PathLike[str] | Dataset | None, samples: int | None) -> Dataset | None:
+def _dataset(model: onnx.ModelProto, calib: str | os.PathLike[str] | Dataset | None, samples: int | None,
+             skip_nonfinite: bool = False) -> Dataset | None:
     if calib is None:
         return None
-    return prepare_dataset(calib, input_specs(model), limit=samples)
+    return open_data(calib, model, flag="--calib", limit=samples, skip_nonfinite=skip_nonfinite)
 
 
 def dry_run(input_path: str | os.PathLike[str], options: PruneOptions, *,
             calib: str | os.PathLike[str] | None = None, samples: int | None = None) -> Analysis:
     """The channel groups of the simplified model and what ``options`` would remove."""
     model = load_model(input_path)
+    check_names(model, nodes={"--exclude-node": options.exclude_nodes})
     simplified = SimplifyPass().apply(model, RunContext()).model
     return analyze(simplified, options, dataset=_dataset(model, calib, samples))
+
+
+def _plan(options: PruneOptions, calib: str | os.PathLike[str] | Dataset | None, samples: int | None,
+          flow: FlowOptions, progress: Progress | None) -> Callable[[onnx.ModelProto], Plan]:
+    def plan(model: onnx.ModelProto) -> Plan:
+        dataset = _dataset(model, calib, samples, flow.skip_nonfinite)
+        notes = [] if dataset is None else [f"calibration: {len(dataset)} samples of {calib}"]
+        steps = [SimplifyPass(), PruneChannelsPass(options=options)]
+        return Plan(steps, RunContext(dataset=dataset, progress=progress), verify_data=dataset, notes=notes,
+                    must_change="prune")
+
+    return plan
+
+
+def _flow(options: PruneOptions, flow: FlowOptions) -> FlowOptions:
+    return dataclasses.replace(flow, names={"--exclude-node": options.exclude_nodes})
 
 
 def prune_file(
@@ -106,37 +129,24 @@ def prune_file(
     options: PruneOptions,
     calib: str | os.PathLike[str] | Dataset | None = None,
     samples: int | None = None,
-    eval_data: str | os.PathLike[str] | None = None,
-    metric: str | None = None,
-    max_drop: float | None = None,
-    verify: bool = True,
-    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    flow: FlowOptions = FlowOptions(),
+    progress: Progress | None = None,
 ) -> PruneReport:
-    """Prune the model at ``input_path`` and write it to ``output_path``.
+    """Prune the model at ``input_path`` and write it to ``output_path`` (when every gate held).
+
+    ``progress(label, done, total)`` reports long stages (the sensitivity probes).
 
     Raises:
-        OnnxSlimError: bad model or data, an option that needs ``--calib`` without it, or a
-            pass failure; nothing is written then.
+        OnnxSlimError: as :func:`onnxslim.flow.run_flow`; nothing is written then.
     """
-    from onnxslim.api import run_passes_on_file
-
-    def prepare(model: Any) -> tuple[RunContext, list[str]]:
-        dataset = _dataset(model, calib, samples)
-        note = [] if dataset is None else [f"calibration: {len(dataset)} samples of {calib}"]
-        return RunContext(dataset=dataset), note
-
-    passes = [SimplifyPass(), PruneChannelsPass(options=options)]
-    base = run_passes_on_file(input_path, output_path, passes, verify=verify, shapes=shapes, prepare=prepare)
-    validation = None
-    if eval_data is not None:
-        validation = validate(Path(input_path), Path(output_path), data=eval_data, metric=metric, max_drop=max_drop)
-    return PruneReport(base, validation)
+    outcome = run_flow(input_path, output_path, _plan(options, calib, samples, flow, progress), _flow(options, flow))
+    return PruneReport(outcome.report)
 
 
-def _drop(validation: ValidationReport) -> float:
-    if validation.metric is not None:
+def _drop(validation: ValidationReport | None) -> float:
+    if validation is not None and validation.metric is not None:
         return validation.metric.drop
-    if validation.accuracy is not None:
+    if validation is not None and validation.accuracy is not None:
         return validation.accuracy.drop
     raise PreconditionError("--search needs a drop to measure: give --metric, or labels in the --eval data")
 
@@ -146,50 +156,50 @@ def search_prune(
     output_path: str | os.PathLike[str],
     *,
     options: PruneOptions,
-    eval_data: str | os.PathLike[str],
-    max_drop: float,
+    calib: str | os.PathLike[str] | Dataset | None = None,
+    samples: int | None = None,
+    flow: FlowOptions,
     steps: int = 4,
-    progress: Callable[[str], None] | None = None,
-    **kwargs: Any,
+    progress: Progress | None = None,
 ) -> PruneReport:
-    """The largest ratio, at most ``options.ratio``, whose drop on ``eval_data`` is within ``max_drop``.
+    """The largest ratio, at most ``options.ratio``, whose drop on ``flow.evaluation`` is within
+    its ``max_drop``.
 
     ``options.ratio`` is tried first; while it fails, the ratio is bisected between the largest
-    passing ratio (0 at first) and the smallest failing one, ``steps`` times. The model of the
-    largest passing ratio is written to ``output_path``; when none passes, nothing is written
-    and the report's :attr:`PruneReport.passed` is false. The eval data chose the ratio, so its
-    drop is optimistic: report accuracy on other data. ``kwargs`` go to :func:`prune_file`.
+    passing ratio (0 at first) and the smallest failing one, ``steps`` times. Trials write
+    nothing; the model of the largest passing ratio is written to ``output_path`` at the end.
+    When none passes, nothing is written and the report's :attr:`PruneReport.passed` is false.
+    The eval data chose the ratio, so its drop is optimistic: report accuracy on other data.
 
     Raises:
+        UsageError: no evaluation or no ``max_drop`` in ``flow``.
         OnnxSlimError: as :func:`prune_file`; PreconditionError when the eval data gives no
             drop to measure (no metric, no labels).
     """
+    evaluation = flow.evaluation
+    if evaluation is None or evaluation.max_drop is None:
+        raise UsageError("--search needs --eval and --max-drop")
     out = Path(output_path)
-    refuse_overwrite(out, Path(input_path))  # fail before any work
-    if not out.parent.is_dir():
-        raise ModelSaveError(f"{out}: folder {out.parent} does not exist")
+    check_output_path(out, Path(input_path))  # fail before any work
+    flow = _flow(options, flow)
     lo, hi, ratio = 0.0, options.ratio, options.ratio
     trials: list[Trial] = []
-    best: PruneReport | None = None
-    with tempfile.TemporaryDirectory(prefix="onnxslim-search-") as tmp:
-        for k in range(steps + 1):
-            report = prune_file(input_path, Path(tmp) / f"ratio-{k}.onnx", options=dataclasses.replace(options, ratio=ratio),
-                                eval_data=eval_data, max_drop=max_drop, **kwargs)
-            trials.append(Trial(ratio, _drop(report.validation), report.passed))
-            if progress is not None:
-                progress(f"search: ratio {ratio:.3f}: drop {trials[-1].drop:+.4f}, "
-                         f"{'within' if report.passed else 'over'} {max_drop:g}")
-            if report.passed:
-                lo, best = ratio, report
-                if k == 0:
-                    break
-            else:
-                hi = ratio
-            ratio = (lo + hi) / 2
-        if best is None:
-            last = dataclasses.replace(report.validation, candidate=f"ratio {trials[-1].ratio:.3f} (not written)")
-            return PruneReport(None, last, tuple(trials))
-        save_model(load_model(best.base.output_path), out, input_path=input_path)
-    after = dataclasses.replace(best.base.after, file_bytes=model_file_size(out))
-    validation = dataclasses.replace(best.validation, candidate=str(out))
-    return PruneReport(dataclasses.replace(best.base, output_path=str(out), after=after), validation, tuple(trials))
+    best = last = None
+    for k in range(steps + 1):
+        trial = dataclasses.replace(options, ratio=ratio)
+        last = run_flow(input_path, None, _plan(trial, calib, samples, flow, progress), flow)
+        passed = last.report.passed
+        trials.append(Trial(ratio, _drop(last.report.validation), passed))
+        if progress is not None:
+            progress(f"search: ratio {ratio:.3f}, drop {trials[-1].drop:+.4f}, "
+                     f"{'within' if passed else 'over'} {evaluation.max_drop:g}", k + 1, steps + 1)
+        if passed:
+            lo, best = ratio, last
+            if k == 0:
+                break
+        else:
+            hi = ratio
+        ratio = (lo + hi) / 2
+    if best is None:
+        return PruneReport(last.report, tuple(trials))
+    return PruneReport(write_outcome(best, out).report, tuple(trials))

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from calibration.datasets import Dataset, IterableDataset, check_dataset, input_specs, open_dataset
+from calibration.datasets import Dataset, IterableDataset, check_class_labels, input_specs, prepare_dataset
 from onnxslim.io import load_model
 from onnxslim.report import markdown_table
 from onnxslim.runtime import make_session, run_model, synthesize_feeds
@@ -389,6 +389,7 @@ class _RunResult:
     class_outputs: list[str] = dataclasses.field(default_factory=list)
     ref_top1: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=dict)
     cand_top1: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=dict)
+    classes: dict[str, int] = dataclasses.field(default_factory=dict)
     ref_outputs: list[dict[str, np.ndarray]] = dataclasses.field(default_factory=list)
     cand_outputs: list[dict[str, np.ndarray]] = dataclasses.field(default_factory=list)
     count: int = 0
@@ -401,6 +402,7 @@ class _RunResult:
             is_class = name in self.class_outputs
             self.stats[name].update(value, cand[name], class_scores=is_class)
             if is_class and value.ndim == 2 and value.shape == cand[name].shape:
+                self.classes[name] = value.shape[-1]
                 self.ref_top1.setdefault(name, []).append(np.argmax(value, axis=-1))
                 self.cand_top1.setdefault(name, []).append(np.argmax(cand[name], axis=-1))
         if keep:
@@ -408,8 +410,13 @@ class _RunResult:
             self.cand_outputs.append(cand)
         self.count += 1
 
-    def accuracy(self, labels: np.ndarray | None, notes: list[str]) -> AccuracyReport | None:
-        """Top-1 accuracy of the first ``[N, C]`` class output against ``labels``."""
+    def accuracy(self, labels: np.ndarray | None, notes: list[str], *, strict: bool) -> AccuracyReport | None:
+        """Top-1 accuracy of the first ``[N, C]`` class output against ``labels``.
+
+        With ``strict`` (no task metric to read the labels instead), labels that are not one
+        integer class id per sample within ``C`` are an error; otherwise such labels (a metric's
+        boxes or intervals) are the metric's, and labeled accuracy is not measured.
+        """
         if labels is None:
             return None
         usable = [n for n in self.class_outputs if n in self.ref_top1]
@@ -419,9 +426,12 @@ class _RunResult:
         name = usable[0]
         ref = np.concatenate(self.ref_top1[name])
         cand = np.concatenate(self.cand_top1[name])
-        truth = np.asarray(labels).reshape(-1)[: len(ref)]
-        if len(truth) != len(ref):
-            notes.append(f"{len(truth)} labels for {len(ref)} predictions of '{name}'; accuracy not measured")
+        try:
+            truth = check_class_labels(np.asarray(labels)[: len(ref)], count=len(ref), classes=self.classes[name])
+        except DataError as err:
+            if strict:
+                raise DataError(f"labeled accuracy of '{name}': {err}") from err
+            notes.append(f"labels are not class ids of '{name}' ({err}); labeled accuracy not measured")
             return None
         return AccuracyReport(name, len(truth), float(np.mean(ref == truth)), float(np.mean(cand == truth)))
 
@@ -479,9 +489,19 @@ def _gate_failures(
     return failures
 
 
+def _name(source: str | os.PathLike[str] | onnx.ModelProto, given: str | None, default: str) -> str:
+    if given:
+        return given
+    return default if isinstance(source, onnx.ModelProto) else str(source)
+
+
+def _model(source: str | os.PathLike[str] | onnx.ModelProto) -> onnx.ModelProto:
+    return source if isinstance(source, onnx.ModelProto) else load_model(source)
+
+
 def validate(
-    reference: str | os.PathLike[str],
-    candidate: str | os.PathLike[str],
+    reference: str | os.PathLike[str] | onnx.ModelProto,
+    candidate: str | os.PathLike[str] | onnx.ModelProto,
     *,
     data: str | os.PathLike[str] | Dataset | None = None,
     samples: int | None = None,
@@ -494,12 +514,16 @@ def validate(
     threads: int = 0,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    loaded_metric: tuple[Callable[..., Any], Callable[..., Any] | None] | None = None,
+    reference_name: str | None = None,
+    candidate_name: str | None = None,
 ) -> ValidationReport:
     """Run ``reference`` and ``candidate`` on the same samples and compare them.
 
     Args:
-        reference: the trusted model (e.g. the fp32 export).
-        candidate: the model to judge (e.g. the quantized one).
+        reference: the trusted model (e.g. the fp32 export): a file or a loaded model.
+        candidate: the model to judge (e.g. the quantized one), likewise; a model in memory is
+            judged before it is ever written.
         data: a ``.npz`` / folder / :class:`Dataset`; ``None`` uses random inputs (``samples``
             of them, default 8) and says so in the notes.
         samples: use at most this many samples of ``data``.
@@ -513,12 +537,15 @@ def validate(
         threads: intra-op threads (0 = onnxruntime's choice).
         seed: seed of random inputs.
         progress: called with ``(done, total)`` after each sample.
+        loaded_metric: ``metric`` already loaded by :func:`load_metric` (so a caller that checked
+            it before its own work does not load it twice).
+        reference_name, candidate_name: how the report names the two (default: their paths).
 
     Raises:
         OnnxSlimError: a model cannot be loaded or run, the interfaces differ, the data does not
             fit the models, or the metric fails to load.
     """
-    ref_model, cand_model = load_model(reference), load_model(candidate)
+    ref_model, cand_model = _model(reference), _model(candidate)
     check_same_interface(ref_model, cand_model)
     specs = input_specs(ref_model)
     notes: list[str] = []
@@ -529,9 +556,8 @@ def validate(
         dataset.source = "random inputs"
         notes.append(f"no --data: {count} random samples (standard normal floats); task accuracy is not measured")
     else:
-        dataset = data if isinstance(data, Dataset) else open_dataset(data, specs)
-        check_dataset(dataset, specs)
-    metric_fn, runner = load_metric(metric) if metric else (None, None)
+        dataset = prepare_dataset(data, specs)
+    metric_fn, runner = loaded_metric or (load_metric(metric) if metric else (None, None))
     sessions = [make_session(m, threads=threads, graph_opt=graph_opt) for m in (ref_model, cand_model)]
 
     def run_ref(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -548,7 +574,7 @@ def validate(
         ref_value = _as_metric_dict(metric_fn(result.ref_outputs, result.ref_outputs, dataset), metric)
         cand_value = _as_metric_dict(metric_fn(result.cand_outputs, result.ref_outputs, dataset), metric)
         metric_report = MetricReport(metric, ref_value, cand_value)
-    accuracy = result.accuracy(dataset.labels, notes)
+    accuracy = result.accuracy(dataset.labels, notes, strict=metric_fn is None)
     gates = {k: v for k, v in (("min_sqnr", min_sqnr), ("min_cosine", min_cosine), ("max_drop", max_drop)) if v is not None}
     outputs = tuple(_finish(name, s) for name, s in result.stats.items())
     failures = _gate_failures(outputs, accuracy, metric_report, gates)
@@ -557,6 +583,6 @@ def validate(
     if result.count == 0:
         raise DataError(f"{dataset.source}: no samples were run")
     return ValidationReport(
-        str(reference), str(candidate), dataset.source, result.count, outputs, accuracy, metric_report,
+        _name(reference, reference_name, "reference"), _name(candidate, candidate_name, "candidate"), dataset.source, result.count, outputs, accuracy, metric_report,
         gates, tuple(failures), tuple(notes),
     )

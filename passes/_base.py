@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -81,6 +81,8 @@ class RunContext:
         calibration: a calibration table, when the user supplied or computed one.
         dataset: samples (``dict[input name -> array]``) for data-driven passes, or ``None``.
         logger: where a pass logs its DEBUG-level decisions.
+        progress: ``progress(label, done, total)``, called by long passes as they go (the
+            command line draws it on a terminal); passes never print.
     """
 
     rng: np.random.Generator = dataclasses.field(
@@ -91,6 +93,7 @@ class RunContext:
     logger: logging.Logger = dataclasses.field(
         default_factory=lambda: logging.getLogger("passes")
     )
+    progress: Callable[[str, int, int], None] | None = None
 
 
 class Pass(abc.ABC):

@@ -17,6 +17,9 @@ __all__ = [
     "CalibrationError",
     "UnsupportedModelError",
     "DataError",
+    "NothingToDoError",
+    "UsageError",
+    "UnknownNameError",
 ]
 
 
@@ -65,3 +68,16 @@ class UnsupportedModelError(OnnxSlimError):
 
 class DataError(OnnxSlimError):
     """User data (calibration or evaluation samples) does not fit the model."""
+
+
+class NothingToDoError(OnnxSlimError):
+    """The pass that is the point of a command found nothing to change (an output would be a copy)."""
+
+
+class UsageError(OnnxSlimError):
+    """Something the user asked for does not fit the model or the other options; the command
+    line exits 2, as for a malformed flag."""
+
+
+class UnknownNameError(UsageError):
+    """A node or op type named on the command line is not in the model."""

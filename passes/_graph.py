@@ -8,14 +8,18 @@ so that a rewrite of the main graph never renames or removes something a subgrap
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import heapq
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from types import MappingProxyType
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+from passes._errors import UnknownNameError
 
 __all__ = [
     "GraphIndex",
@@ -28,6 +32,8 @@ __all__ = [
     "remove_nodes",
     "replace_uses",
     "opset_version",
+    "all_nodes",
+    "check_names",
 ]
 
 _ONNX_DOMAINS = ("", "ai.onnx")
@@ -54,6 +60,37 @@ def iter_subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
             yield attr.g
         elif attr.type == onnx.AttributeProto.GRAPHS:
             yield from attr.graphs
+
+
+def all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Every node of ``graph`` and, recursively, of its subgraphs (If branches, Loop/Scan bodies)."""
+    for node in graph.node:
+        yield node
+        for sub in iter_subgraphs(node):
+            yield from all_nodes(sub)
+
+
+def check_names(
+    model: onnx.ModelProto,
+    *,
+    nodes: Mapping[str, Sequence[str]] = MappingProxyType({}),
+    ops: Mapping[str, Sequence[str]] = MappingProxyType({}),
+) -> None:
+    """Check that every node name (``nodes``: flag → names given with it) is a node of ``model``
+    and every op type (``ops``: flag → op types) occurs in it, subgraphs included.
+
+    Raises:
+        UnknownNameError: naming the flag, the name and up to three of the closest names.
+    """
+    found = list(all_nodes(model.graph))
+    for kind, given, known in (("node", nodes, {n.name for n in found if n.name}),
+                               ("op type", ops, {n.op_type for n in found})):
+        for flag, names in given.items():
+            for name in names:
+                if name not in known:
+                    near = difflib.get_close_matches(name, sorted(known), n=3)
+                    hint = f" (closest: {', '.join(repr(n) for n in near)})" if near else ""
+                    raise UnknownNameError(f"{flag} {name!r} is not a {kind} of the model{hint}")
 
 
 def _graph_defined_names(graph: onnx.GraphProto) -> set[str]:

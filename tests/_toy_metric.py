@@ -14,3 +14,13 @@ def two_keys(candidate_outputs, reference_outputs, dataset):
     """A dict metric; the first key is the headline."""
     diffs = [np.abs(c["y"] - r["y"]).max() for c, r in zip(candidate_outputs, reference_outputs)]
     return {"closeness": -float(np.max(diffs)), "count": float(len(candidate_outputs))}
+
+
+def closeness(candidate_outputs, reference_outputs, dataset):
+    """Higher is better: minus the largest absolute difference from the reference over every
+    output (0 for the reference itself, below 0 for any candidate that differs at all)."""
+    worst = 0.0
+    for cand, ref in zip(candidate_outputs, reference_outputs):
+        for name, value in ref.items():
+            worst = max(worst, float(np.abs(np.asarray(cand[name], np.float64) - value).max()))
+    return -worst

@@ -73,7 +73,7 @@ from onnx import TensorProto, helper, numpy_helper
 from calibration.qparams import QuantParams, quantize, weight_quant_params
 from passes._base import Pass, PassResult, RunContext, Tolerance
 from passes._errors import PreconditionError
-from passes._graph import GraphIndex, NameAllocator, is_onnx_domain, iter_subgraphs, opset_version, remove_nodes
+from passes._graph import GraphIndex, NameAllocator, all_nodes, is_onnx_domain, iter_subgraphs, opset_version, remove_nodes
 
 __all__ = ["DynamicQuantOptions", "QuantizeDynamicPass"]
 
@@ -163,13 +163,16 @@ class QuantizeDynamicPass(Pass):
         stats: dict[str, Any] = {"bytes_before": model.ByteSize(), "nodes_before": len(model.graph.node)}
         targets = opts.targets()
         if not _has_candidates(model, targets, opts):
-            stats["skipped: no eligible node"] = 1
+            inside = _subgraph_targets(model.graph, targets)
+            stats[f"skipped: {_IN_SUBGRAPH}" if inside else "skipped: no eligible node"] = inside or 1
             return PassResult(model, False, stats)
         work_model, notes = _prepare(model, opts, ctx)
         if notes:
             stats["prepare"] = notes
         work = _Work(GraphIndex.build(work_model.graph), NameAllocator(work_model.graph), opts)
-        _count_subgraph_skips(work_model.graph, targets, work)
+        inside = _subgraph_targets(work_model.graph, targets)
+        if inside:
+            work.skips[_IN_SUBGRAPH] += inside
         for position, node in enumerate(work_model.graph.node):
             if node.op_type not in targets:
                 continue
@@ -220,16 +223,13 @@ def _prepare(model: onnx.ModelProto, opts: DynamicQuantOptions, ctx: RunContext)
     return work, f"opset {have} → {opset_version(work)} (prepare_for_quantization: {notes})"
 
 
-def _count_subgraph_skips(graph: onnx.GraphProto, targets: frozenset[str], work: _Work) -> None:
-    for node in graph.node:
-        for sub in iter_subgraphs(node):
-            stack = [sub]
-            while stack:
-                g = stack.pop()
-                for inner in g.node:
-                    if inner.op_type in targets:
-                        work.skips["inside a subgraph (left float)"] += 1
-                    stack.extend(iter_subgraphs(inner))
+#: The skip reason of target ops inside If/Loop/Scan bodies.
+_IN_SUBGRAPH = "inside a subgraph (left float)"
+
+
+def _subgraph_targets(graph: onnx.GraphProto, targets: frozenset[str]) -> int:
+    """How many target ops sit inside the subgraphs of ``graph`` (at any depth)."""
+    return sum(inner.op_type in targets for node in graph.node for sub in iter_subgraphs(node) for inner in all_nodes(sub))
 
 
 def _why_not(node: onnx.NodeProto, index: GraphIndex, opts: DynamicQuantOptions) -> str | None:

@@ -10,19 +10,23 @@ What onnxruntime's quantizer needed by hand, done here by default:
    use per-tensor weights (the notes say so).
 
 Calibrate the *prepared* model: the calibration table is tied to the graph it was measured on.
+:class:`PrepareForQuantizationPass` is the same as a pipeline pass (exact up to float rounding:
+folding and the opset conversion change no value), so the one flow verifies it like any other.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from typing import ClassVar
 
 import onnx
 
-from passes._base import RunContext
+from passes._base import EXACT, Pass, PassResult, RunContext, Tolerance
 from passes._graph import opset_version
 from passes.simplify import SimplifyPass
 
-__all__ = ["prepare_for_quantization", "PER_TENSOR_NOTE"]
+__all__ = ["PrepareOptions", "PrepareForQuantizationPass", "prepare_for_quantization", "PER_TENSOR_NOTE"]
 
 log = logging.getLogger(__name__)
 
@@ -72,3 +76,35 @@ def prepare_for_quantization(
     if opset < min_opset:
         work = _upgrade(work, min_opset, notes)
     return work, notes
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareOptions:
+    """``min_opset``: raise the default-domain opset to at least this; ``simplify``: fold
+    constants and BatchNorm first."""
+
+    min_opset: int = 13
+    simplify: bool = True
+
+
+class PrepareForQuantizationPass(Pass):
+    """Constant weights to initializers, BatchNorm folded, opset raised for per-channel weights."""
+
+    name: ClassVar[str] = "prepare-quantize"
+    tolerance: ClassVar[Tolerance] = EXACT
+
+    def __init__(self, options: PrepareOptions | None = None) -> None:
+        self.options = options or PrepareOptions()
+
+    def __repr__(self) -> str:
+        return f"PrepareForQuantizationPass({self.options})"
+
+    def apply(self, model: onnx.ModelProto, ctx: RunContext) -> PassResult:
+        """Prepare ``model``; ``changed`` is false when it was already prepared."""
+        before = opset_version(model) or 0
+        work, notes = prepare_for_quantization(model, min_opset=self.options.min_opset, simplify=self.options.simplify)
+        after = opset_version(work) or 0
+        stats = {"opset_before": before, "opset_after": after, "notes": notes}
+        if not notes:
+            return PassResult(model, False, stats)
+        return PassResult(work, True, stats)

@@ -85,7 +85,7 @@ def test_simplify_end_to_end(runner: CliRunner, tmp_path: Path) -> None:
     result = runner.invoke(main, ["simplify", str(source), "-o", str(out), "--shape", "x=2x3x8x8"])
     assert result.exit_code == 0, result.output
     assert re.search(r"\| before \|\s+4 \|", result.stdout) and re.search(r"\| after  \|\s+2 \|", result.stdout)
-    assert "verification: passed (random inputs)" in result.stdout
+    assert "verification: passed (2 random inputs)" in result.stdout
     slim = onnx.load(out)
     onnx.checker.check_model(slim, full_check=True)
     assert [n.op_type for n in slim.graph.node] == ["Conv", "Relu"]
@@ -236,8 +236,9 @@ def test_quantize_static_end_to_end(runner: CliRunner, lenet_path: Path, tmp_pat
                                   "--eval", str(test), "--max-drop", "0.005", "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert doc["steps"][0]["name"] == "quantize-static" and doc["verification"].startswith("passed")
-    assert doc["steps"][0]["stats"]["quantized: Conv"] == 2
+    assert [s["name"] for s in doc["steps"]] == ["prepare-quantize", "calibrate", "quantize-static"]
+    assert doc["verification"].startswith("passed") and doc["written"]
+    assert doc["steps"][2]["stats"]["quantized: Conv"] == 2
     assert doc["fusion"]["int8"].get("QLinearConv") == 2  # onnxruntime really runs the convs in int8
     assert doc["latency"]["input_p50_ms"] > 0 and doc["latency"]["output_p50_ms"] > 0
     assert doc["validation"]["accuracy"]["drop"] <= 0.005
@@ -256,7 +257,8 @@ def test_quantize_dynamic_end_to_end(runner: CliRunner, lenet_path: Path, tmp_pa
 
 def test_quantize_errors(runner: CliRunner, lenet_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "q.onnx"
-    _assert_one_line_error(runner.invoke(main, ["quantize", str(lenet_path), "-o", str(out)]), "needs calibration data")
+    missing = runner.invoke(main, ["quantize", str(lenet_path), "-o", str(out)])
+    assert missing.exit_code == 2 and "needs calibration data" in missing.stderr
     assert not out.exists()
     bad = runner.invoke(main, ["quantize", str(lenet_path), "-o", str(out), "--mode", "dynamic", "--activations", "s8"])
     assert bad.exit_code == 2

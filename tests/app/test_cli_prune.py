@@ -75,7 +75,9 @@ def test_search_stops_at_ratio_when_it_already_holds(lenet_path: Path, tmp_path:
 
 def test_search_that_never_holds_writes_nothing(lenet_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "p.onnx"
-    result = _search(lenet_path, out, "--ratio", "0.5", "--max-drop", "-1", "--search-steps", "2")
+    # closeness is 0 for the unpruned model and below 0 for any pruned one: no ratio can hold
+    result = _search(lenet_path, out, "--ratio", "0.5", "--metric", "_toy_metric:closeness", "--max-drop", "0",
+                     "--search-steps", "2")
     assert result.exit_code == 1
     assert "no ratio tried met --max-drop" in result.output and "nothing written" in result.output
     assert not out.exists()
@@ -96,6 +98,6 @@ def test_search_needs_eval_max_drop_and_something_to_measure(lenet_path: Path, t
     def no_trial(*args: object, **kwargs: object) -> None:
         raise AssertionError("a trial ran")
 
-    monkeypatch.setattr(onnxslim.prune, "prune_file", no_trial)  # refused before the first trial
+    monkeypatch.setattr(onnxslim.prune, "run_flow", no_trial)  # refused before the first trial
     result = _search(lenet_path, tmp_path / "missing" / "p.onnx", "--max-drop", "0.01")
     assert result.exit_code == 1 and "does not exist" in result.output, result.output

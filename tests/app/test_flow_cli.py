@@ -1,0 +1,325 @@
+"""The one flow, from the command line: nothing is written unless every check passed.
+
+Every case asserts the exit code, one line on stderr naming the problem, no traceback, the input
+model's bytes unchanged, and no output or temporary file left in the output folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner, Result
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxslim.calibrate
+import onnxslim.flow
+from onnxslim.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+LENET = REPO / "models" / "lenet5_digits.onnx"
+CALIB = REPO / "models" / "lenet5_digits_calib.npz"
+TEST = REPO / "models" / "lenet5_digits_test.npz"
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _invoke(args: list[str], out_dir: Path, *, model: Path, code: int, needle: str) -> Result:
+    """Run the CLI and check the failure contract; returns the result."""
+    before = _sha(model)
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == code, (result.exit_code, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert needle in lines[0], lines[0]
+    assert "Traceback" not in result.output
+    assert _sha(model) == before
+    assert [p.name for p in out_dir.iterdir() if p != model and p.suffix != ".npz"] == []
+    return result
+
+
+@pytest.fixture()
+def out_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    return folder
+
+
+# ----------------------------------------------------------------------------- gates before writing
+
+
+def test_prune_gate_not_met_writes_nothing(out_dir: Path) -> None:
+    out = out_dir / "gate.onnx"
+    result = _invoke(["prune", str(LENET), "-o", str(out), "--ratio", "0.5", "--per-layer", "--calib", str(CALIB),
+                      "--no-reconstruct", "--eval", str(TEST), "--max-drop", "0.001"],
+                     out_dir, model=LENET, code=1, needle="gate not met")
+    assert "nothing written" in result.stderr and "(nothing written)" in result.stdout
+
+
+def test_quantize_gate_not_met_writes_nothing(out_dir: Path) -> None:
+    # _toy_metric.closeness is 0 for the reference and below 0 for any int8 result: a gate of 0
+    # cannot hold, one of 1e9 always does, so the same command writes or not only by the gate.
+    args = ["quantize", str(LENET), "-o", str(out_dir / "q.onnx"), "--calib", str(CALIB), "--eval", str(TEST),
+            "--metric", "_toy_metric:closeness"]
+    result = CliRunner().invoke(main, [*args, "--max-drop", "1e9"])
+    assert result.exit_code == 0, result.output
+    (out_dir / "q.onnx").unlink()
+    _invoke([*args, "--max-drop", "0"], out_dir, model=LENET, code=1, needle="gate not met")
+
+
+def test_quantize_missing_eval_fails_before_any_work(out_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("calibration ran before --eval was checked")
+
+    monkeypatch.setattr(onnxslim.calibrate, "collect", never)
+    _invoke(["quantize", str(LENET), "-o", str(out_dir / "q.onnx"), "--calib", str(CALIB), "--eval",
+             str(out_dir / "nonexistent.npz")], out_dir, model=LENET, code=1, needle="--eval")
+
+
+def test_metric_without_eval_is_a_usage_error(out_dir: Path) -> None:
+    result = CliRunner().invoke(main, ["quantize", str(LENET), "-o", str(out_dir / "q.onnx"), "--calib", str(CALIB),
+                                       "--max-drop", "0.01"])
+    assert result.exit_code == 2 and "--eval" in result.stderr
+    assert list(out_dir.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- Ctrl-C
+
+
+def _interrupt(*args: object, **kwargs: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _check_interrupted(args: list[str], out_dir: Path) -> None:
+    before = _sha(LENET)
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 130, result.output
+    assert result.stderr.strip() == "Interrupted: nothing written"
+    assert list(out_dir.iterdir()) == [] and _sha(LENET) == before
+
+
+def test_ctrl_c_during_calibration(out_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = onnxslim.calibrate.collect
+
+    def collect(model: onnx.ModelProto, dataset: object, **kwargs: object) -> object:
+        def progress(done: int, total: int) -> None:
+            if done == 2:
+                raise KeyboardInterrupt
+
+        return real(model, dataset, **{**kwargs, "progress": progress})
+
+    monkeypatch.setattr(onnxslim.calibrate, "collect", collect)
+    _check_interrupted(["quantize", str(LENET), "-o", str(out_dir / "q.onnx"), "--calib", str(CALIB)], out_dir)
+
+
+def test_ctrl_c_during_latency(out_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(onnxslim.flow, "side_by_side_runs", _interrupt)
+    _check_interrupted(["quantize", str(LENET), "-o", str(out_dir / "q.onnx"), "--calib", str(CALIB)], out_dir)
+
+
+def test_ctrl_c_during_writing(out_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxslim.io
+
+    real = os.replace
+
+    def replace(src: str, dst: str) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnxslim.io.os, "replace", replace)
+    try:
+        _check_interrupted(["simplify", str(LENET), "-o", str(out_dir / "s.onnx")], out_dir)
+    finally:
+        monkeypatch.setattr(onnxslim.io.os, "replace", real)
+
+
+_SIGINT_DRIVER = """
+import sys, time
+from pathlib import Path
+import onnxslim.flow
+from onnxslim.cli import main
+
+marker = Path(sys.argv[1])
+
+def slow(*args, **kwargs):
+    marker.write_text("timing")
+    time.sleep(60)
+    raise SystemExit("not interrupted")
+
+onnxslim.flow.side_by_side_runs = slow
+main(sys.argv[2:])
+"""
+
+
+def test_real_sigint_during_latency_exits_130_and_leaves_nothing(out_dir: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "entered"
+    out = out_dir / "q.onnx"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SIGINT_DRIVER, str(marker), "quantize", str(LENET), "-o", str(out), "--calib", str(CALIB)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )
+    deadline = time.monotonic() + 120
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), proc.communicate(timeout=10)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (stdout, stderr)
+    assert stderr.strip().splitlines()[-1] == "Interrupted: nothing written"
+    assert list(out_dir.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- models random data cannot drive
+
+
+def _gated_model() -> onnx.ModelProto:
+    """``y = x @ W`` when ``sr == 16000``; any other ``sr`` reaches a Gather whose indices are out
+    of range, which onnxruntime refuses at run time (as Silero VAD's ``If`` refuses sample rates
+    it was not trained for)."""
+    w = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
+    then = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, 8])])
+    far = numpy_helper.from_array(np.full(8, 100, np.int64), "far")
+    other = helper.make_graph([helper.make_node("Gather", ["x", "far"], ["e"], axis=1)], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, 8])], [far])
+    nodes = [
+        helper.make_node("Constant", [], ["rate"], value=numpy_helper.from_array(np.array(16000, np.int64))),
+        helper.make_node("Equal", ["sr", "rate"], ["ok"]),
+        helper.make_node("If", ["ok"], ["y"], then_branch=then, else_branch=other),
+    ]
+    graph = helper.make_graph(
+        nodes, "gated",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16]), helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], [numpy_helper.from_array(w, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)], ir_version=8)
+
+
+@pytest.fixture()
+def gated(out_dir: Path) -> tuple[Path, Path]:
+    model = out_dir / "gated.onnx"
+    onnx.save(_gated_model(), model)
+    data = out_dir / "gated_data.npz"
+    rng = np.random.default_rng(1)
+    np.savez(data, x=rng.standard_normal((3, 1, 16)).astype(np.float32), sr=np.full(3, 16000, np.int64))
+    return model, data
+
+
+@pytest.mark.parametrize("command", [["simplify"], ["fp16"], ["fp16", "--weights-only"]])
+def test_random_inputs_that_cannot_drive_the_model_name_the_fix(command: list[str], out_dir: Path,
+                                                                gated: tuple[Path, Path]) -> None:
+    model, _ = gated
+    result = _invoke([*command, str(model), "-o", str(out_dir / "o.onnx")], out_dir, model=model, code=1,
+                     needle="--data")
+    assert "onnxruntime" in result.stderr
+
+
+@pytest.mark.parametrize("command", [["fp16"], ["fp16", "--weights-only"]])
+def test_user_data_drives_and_verifies_the_model(command: list[str], out_dir: Path, gated: tuple[Path, Path]) -> None:
+    model, data = gated
+    out = out_dir / "o.onnx"
+    result = CliRunner().invoke(main, [*command, str(model), "-o", str(out), "--data", str(data)])
+    assert result.exit_code == 0, result.output
+    assert "verification: passed (3 samples of --data" in result.stdout
+    onnx.checker.check_model(onnx.load(out), full_check=True)
+
+
+def test_quantize_with_nothing_eligible_writes_nothing(out_dir: Path, gated: tuple[Path, Path]) -> None:
+    model, data = gated  # the only MatMul sits inside the If
+    result = _invoke(["quantize", str(model), "-o", str(out_dir / "q.onnx"), "--mode", "dynamic", "--data", str(data)],
+                     out_dir, model=model, code=1, needle="nothing to do")
+    assert "subgraph" in result.stderr
+
+
+def test_simplify_with_nothing_to_do_says_unchanged(out_dir: Path, tmp_path: Path) -> None:
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    model = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), model)
+    result = CliRunner().invoke(main, ["simplify", str(model), "-o", str(out_dir / "s.onnx")])
+    assert result.exit_code == 0, result.output
+    assert "UNCHANGED" in result.stdout and "UNCHANGED" in result.stderr
+
+
+# ----------------------------------------------------------------------------- bad data
+
+
+def _lenet_data(path: Path, *, labels: np.ndarray | None = None, poison: Callable[[np.ndarray], None] | None = None) -> Path:
+    with np.load(TEST) as archive:
+        inputs = archive["input"][:20].copy()
+        truth = archive["labels"][:20]
+    if poison is not None:
+        poison(inputs)
+    arrays = {"input": inputs, "labels": truth if labels is None else labels}
+    np.savez(path, **arrays)
+    return path
+
+
+def _nan_at_3(x: np.ndarray) -> None:
+    x[3, 0, 5, 5] = np.nan
+
+
+def test_nan_in_calibration_data_names_input_and_sample(out_dir: Path) -> None:
+    calib = _lenet_data(out_dir / "nan.npz", poison=_nan_at_3)
+    _invoke(["quantize", str(LENET), "-o", str(out_dir / "q.onnx"), "--calib", str(calib)], out_dir, model=LENET,
+            code=1, needle="sample 3")
+
+
+def test_all_nan_calibration_data_is_refused(out_dir: Path) -> None:
+    calib = _lenet_data(out_dir / "nan.npz", poison=lambda x: x.fill(np.nan))
+    _invoke(["quantize", str(LENET), "-o", str(out_dir / "q.onnx"), "--calib", str(calib)], out_dir, model=LENET,
+            code=1, needle="'input'")
+
+
+def test_inf_in_eval_data_names_it(out_dir: Path) -> None:
+    data = _lenet_data(out_dir / "inf.npz", poison=lambda x: x.__setitem__((7, 0, 0, 0), np.inf))
+    _invoke(["quantize", str(LENET), "-o", str(out_dir / "q.onnx"), "--calib", str(CALIB), "--eval", str(data)],
+            out_dir, model=LENET, code=1, needle="sample 7")
+
+
+def test_skip_nonfinite_drops_and_counts(out_dir: Path) -> None:
+    calib = _lenet_data(out_dir / "nan.npz", poison=_nan_at_3)
+    out = out_dir / "q.onnx"
+    result = CliRunner().invoke(main, ["quantize", str(LENET), "-o", str(out), "--calib", str(calib), "--skip-nonfinite",
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    assert out.exists()
+    assert "19" in " ".join(str(s["stats"].get("samples")) for s in __import__("json").loads(result.stdout)["steps"])
+
+
+@pytest.mark.parametrize(("labels", "needle"), [
+    (np.eye(10, dtype=np.int64)[np.arange(20) % 10], "one-hot"),
+    (np.arange(20, dtype=np.float32) % 10, "float"),
+    (np.full(20, 12, np.int64), "range"),
+])
+def test_bad_labels_are_refused(labels: np.ndarray, needle: str, out_dir: Path) -> None:
+    data = _lenet_data(out_dir / "labels.npz", labels=labels)
+    _invoke(["quantize", str(LENET), "-o", str(out_dir / "q.onnx"), "--calib", str(CALIB), "--eval", str(data)],
+            out_dir, model=LENET, code=1, needle=needle)
+
+
+# ----------------------------------------------------------------------------- names
+
+
+@pytest.mark.parametrize("args", [
+    ["quantize", "--calib", str(CALIB), "--exclude-node", "/conv1/Convv"],
+    ["quantize", "--calib", str(CALIB), "--exclude-op", "Convv"],
+    ["fp16", "--block-op", "Convv"],
+    ["fp16", "--block-node", "nope"],
+    ["prune", "--exclude-node", "nope"],
+])
+def test_unknown_names_are_usage_errors(args: list[str], out_dir: Path) -> None:
+    command, *rest = args
+    result = _invoke([command, str(LENET), "-o", str(out_dir / "o.onnx"), *rest], out_dir, model=LENET, code=2,
+                     needle="not")
+    assert rest[-1] in result.stderr
