@@ -28,8 +28,6 @@ or drops such samples on request; :func:`check_class_labels` checks labels for l
 
 from __future__ import annotations
 
-import abc
-import dataclasses
 import itertools
 import logging
 import os
@@ -38,9 +36,10 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import onnx
 
+from calibration._base import LABELS_KEY, Dataset, InputSpec, Sample, input_specs
 from calibration._npz import StoredArray, open_npz
+from calibration.images import IMAGE_SUFFIXES, ImageFolderDataset, ImageSpec
 from passes._errors import DataError
 
 __all__ = [
@@ -64,84 +63,7 @@ __all__ = [
     "LABELS_KEY",
 ]
 
-Sample = dict[str, np.ndarray]
-LABELS_KEY = "labels"
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class InputSpec:
-    """One graph input: name, numpy dtype, and dims (int, a symbolic name, or ``None``)."""
-
-    name: str
-    dtype: np.dtype
-    dims: tuple[int | str | None, ...]
-
-    def shape_text(self) -> str:
-        """Dims joined with ``x``; symbolic dims by name, unnamed dynamic dims as ``?``."""
-        return "x".join("?" if d is None else str(d) for d in self.dims) or "scalar"
-
-
-def _dims(value: onnx.ValueInfoProto) -> tuple[int | str | None, ...]:
-    tensor = value.type.tensor_type
-    if not tensor.HasField("shape"):
-        return ()
-    out: list[int | str | None] = []
-    for dim in tensor.shape.dim:
-        if dim.HasField("dim_value") and dim.dim_value >= 0:
-            out.append(int(dim.dim_value))
-        elif dim.HasField("dim_param") and dim.dim_param:
-            out.append(dim.dim_param)
-        else:  # unnamed, or a negative dim_value (Paddle exports write -1 for dynamic)
-            out.append(None)
-    return tuple(out)
-
-
-def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
-    """The model's real inputs (initializers listed as graph inputs are skipped).
-
-    Raises:
-        DataError: an input is not a tensor (sequences and maps are not supported).
-    """
-    inits = {t.name for t in model.graph.initializer}
-    specs = []
-    for value in model.graph.input:
-        if value.name in inits:
-            continue
-        elem = value.type.tensor_type.elem_type
-        if not value.type.HasField("tensor_type") or elem == 0:
-            raise DataError(f"input '{value.name}' is not a tensor; only tensor inputs are supported")
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem))
-        specs.append(InputSpec(value.name, dtype, _dims(value)))
-    return specs
-
-
-class Dataset(abc.ABC):
-    """A re-iterable, sized source of samples, with optional labels (one per sample)."""
-
-    source: str = "data"
-    synthetic: bool = False  # True for made-up data: ranges measured on it are not meaningful
-
-    @abc.abstractmethod
-    def __iter__(self) -> Iterator[Sample]:
-        """Yield samples in a fixed order."""
-
-    def sample(self, index: int) -> Sample:
-        """Sample ``index`` (readers with random access override this; the default iterates)."""
-        if not 0 <= index < len(self):
-            raise IndexError(f"sample {index} out of range (0..{len(self) - 1})")
-        return next(itertools.islice(iter(self), index, None))
-
-    @abc.abstractmethod
-    def __len__(self) -> int:
-        """Number of samples."""
-
-    _labels: np.ndarray | None = None
-
-    @property
-    def labels(self) -> np.ndarray | None:
-        """One label per sample, or ``None``."""
-        return self._labels
 
 
 class NpzDataset(Dataset):
@@ -337,8 +259,6 @@ def select_samples(dataset: Dataset, *, limit: int | None = None, shuffle: bool 
 
 
 def _has_images(folder: Path) -> bool:
-    from calibration.images import IMAGE_SUFFIXES
-
     return any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*") if p.is_file())
 
 
@@ -359,8 +279,6 @@ def open_dataset(path: str | os.PathLike[str], specs: Sequence[InputSpec] | None
     if path.is_dir():
         samples = any(p.suffix in (".npz", ".npy") for p in path.iterdir())
         if image_spec is not None or (not samples and _has_images(path)):
-            from calibration.images import ImageFolderDataset, ImageSpec
-
             return ImageFolderDataset(path, specs, spec=image_spec or ImageSpec())  # type: ignore[arg-type]
         return FolderDataset(path, specs)
     if image_spec is not None:

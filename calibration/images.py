@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from calibration.datasets import Dataset, InputSpec, Sample
+from calibration._base import Dataset, InputSpec, Sample
 from passes._errors import DataError
 
 __all__ = ["IMAGE_SUFFIXES", "ImageSpec", "parse_image_spec", "load_image_spec", "ImageFolderDataset"]

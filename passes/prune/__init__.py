@@ -119,7 +119,7 @@ class PruneChannelsPass(Pass):
             PreconditionError: the options need calibration data and ``ctx.dataset`` is ``None``.
         """
         _check(self.options, ctx.dataset)
-        pruned, changed, stats = prune_model(model, self.options, dataset=ctx.dataset)
+        pruned, changed, stats = prune_model(model, self.options, dataset=ctx.dataset, progress=ctx.progress)
         ctx.logger.debug("prune: %s", {k: v for k, v in stats.items() if k != "groups"})
         return PassResult(pruned, changed, stats)
 

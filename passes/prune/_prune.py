@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,9 @@ from passes.prune._importance import group_scores, plan_removal
 from passes.prune._options import PruneOptions
 from passes.prune._reconstruct import RefitOptions, compensate_means, refit_layers
 from passes.prune._sensitivity import MaskedModel, Meter, channel_moments
+
+#: ``progress(label, done, total)``: what a long stage has done so far.
+Progress = Callable[[str, int, int], None]
 
 __all__ = ["Plan", "lift_constants", "plan_pruning", "prune_model"]
 
@@ -131,7 +134,8 @@ def _arrays(model: onnx.ModelProto, names: Iterable[str]) -> dict[str, np.ndarra
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name in wanted}
 
 
-def plan_pruning(model: onnx.ModelProto, options: PruneOptions, samples: Samples | None) -> Plan:
+def plan_pruning(model: onnx.ModelProto, options: PruneOptions, samples: Samples | None, *,
+                 progress: Progress | None = None) -> Plan:
     """Prepare a copy of ``model``, build and score its groups and choose the channels to remove."""
     work = onnx.ModelProto()
     work.CopyFrom(model)
@@ -156,7 +160,7 @@ def plan_pruning(model: onnx.ModelProto, options: PruneOptions, samples: Samples
     if allocation == "sensitivity":
         if samples is None:
             raise PreconditionError("the sensitivity allocation needs calibration data (--calib)")
-        allocated = _by_sensitivity(work, groups, scores, means, samples, macs, options)
+        allocated = _by_sensitivity(work, groups, scores, means, samples, macs, options, progress)
         removal = {g.id: np.sort(np.argsort(scores[g.id], kind="stable")[: g.size - allocated.keep.get(g.id, g.size)])
                    for g in prunable}
     else:
@@ -168,7 +172,7 @@ def plan_pruning(model: onnx.ModelProto, options: PruneOptions, samples: Samples
 def _by_sensitivity(
     work: onnx.ModelProto, groups: GroupSet, scores: Mapping[int, np.ndarray],
     means: Mapping[tuple[str, int], tuple[np.ndarray, np.ndarray]], samples: Samples,
-    macs: Mapping[int, int | None], options: PruneOptions,
+    macs: Mapping[int, int | None], options: PruneOptions, progress: Progress | None = None,
 ) -> Allocation:
     """Probe every prunable group on a few samples, then spend the MAC budget where it hurts least."""
     if not any(macs.values()):
@@ -183,8 +187,18 @@ def _by_sensitivity(
         moments = channel_moments(work, samples.head(max(16, options.sensitivity_samples)), wanted, seed=options.seed)
     masked = MaskedModel(work, prunable, moments, fill=fill)
     orders = {g.id: np.argsort(scores[g.id], kind="stable") for g in prunable if masked.covers(g)}
-    return allocate(prunable, orders, macs, Meter(masked, probe), ratio=options.ratio, round_to=options.round_to,
+    meter = Meter(masked, probe, progress=progress, expected=len(orders) * options.sensitivity_levels)
+    return allocate(prunable, orders, macs, meter, ratio=options.ratio, round_to=options.round_to,
                     max_ratio=options.max_ratio, levels=options.sensitivity_levels)
+
+
+def _why_nothing(plan: Plan) -> dict[str, int]:
+    """``skipped: <reason>`` counts for a plan that removes nothing: why each group kept its channels."""
+    reasons: dict[str, int] = {}
+    for g in plan.groups.groups:
+        reason = f"group frozen: {g.frozen}" if g.frozen else "ratio too small for --round-to"
+        reasons[f"skipped: {reason}"] = reasons.get(f"skipped: {reason}", 0) + 1
+    return reasons or {"skipped: no channel groups (no Conv/Gemm/MatMul with constant weights)": 1}
 
 
 def _group_rows(plan: Plan) -> list[dict[str, Any]]:
@@ -248,7 +262,8 @@ def _repair(
 
 
 def prune_model(
-    model: onnx.ModelProto, options: PruneOptions, *, dataset: Iterable[Mapping[str, np.ndarray]] | None = None
+    model: onnx.ModelProto, options: PruneOptions, *, dataset: Iterable[Mapping[str, np.ndarray]] | None = None,
+    progress: Progress | None = None,
 ) -> tuple[onnx.ModelProto, bool, dict[str, Any]]:
     """Prune a copy of ``model``; returns ``(model, changed, stats)`` (``model`` itself when unchanged).
 
@@ -256,13 +271,15 @@ def prune_model(
         model: the model (not modified).
         options: what to remove and how to repair.
         dataset: calibration samples (``dict[input name -> array]``), or ``None``.
+        progress: ``progress(label, done, total)`` as the sensitivity probes run.
     """
     samples = Samples(dataset, options.calib_samples) if dataset is not None else None
-    plan = plan_pruning(model, options, samples)
+    plan = plan_pruning(model, options, samples, progress=progress)
     stats = _base_stats(plan)
     stats["params_before"], stats["macs_before"] = count_params(plan.model), total_macs(plan.macs)
     if not any(len(units) for units in plan.removal.values()):
         stats.update(params_after=stats["params_before"], macs_after=stats["macs_before"], groups=[])
+        stats.update(_why_nothing(plan))
         return model, False, stats
     rows = _group_rows(plan)
     work, reference = plan.model, onnx.ModelProto()

@@ -25,7 +25,7 @@ against the unpruned outputs ``y₀`` (``10·log10(1/s)`` is an SQNR in dB; see 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -224,12 +224,17 @@ def _noise(outputs: list[list[np.ndarray]], reference: list[list[np.ndarray]]) -
 class Meter:
     """The outputs' noise-to-signal ratio of a removal, on a few fixed samples."""
 
-    def __init__(self, model: MaskedModel, samples: Samples) -> None:
+    def __init__(self, model: MaskedModel, samples: Samples, *,
+                 progress: Callable[[str, int, int], None] | None = None, expected: int = 0) -> None:
         self.model = model
         self.batches = list(samples)
         self.reference = model.run(self.batches, model.defaults)
         self.runs = 0
+        self.progress, self.expected = progress, expected
 
     def __call__(self, removal: Removal) -> float:
         self.runs += 1
-        return _noise(self.model.run(self.batches, self.model.feeds(removal)), self.reference)
+        noise = _noise(self.model.run(self.batches, self.model.feeds(removal)), self.reference)
+        if self.progress is not None:  # the probe count is only estimated: the total may grow
+            self.progress("probing channel groups", self.runs, max(self.expected, self.runs))
+        return noise

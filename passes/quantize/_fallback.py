@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 import onnx
@@ -138,9 +138,11 @@ def _damage(units, sqnr: Mapping[str, float], upstream: set[str]) -> list[tuple[
     return sorted(ranked, key=lambda r: r[0], reverse=True)
 
 
-def quantize_with_fallback(model: onnx.ModelProto, table, options, dataset) -> tuple[onnx.ModelProto, dict]:
-    """Quantize, then fall back the most damaging units until outputs reach the SQNR target."""
-    from passes.quantize._static import quantize_static
+def quantize_with_fallback(model: onnx.ModelProto, table, options, dataset, *,
+                           quantize: Callable[..., tuple[onnx.ModelProto, dict]]) -> tuple[onnx.ModelProto, dict]:
+    """Quantize with ``quantize`` (``quantize_static``: passed in, so this module does not import
+    the one that calls it), then fall back the most damaging units until outputs reach the SQNR
+    target."""
 
     samples = []
     for i, s in enumerate(dataset):
@@ -150,7 +152,7 @@ def quantize_with_fallback(model: onnx.ModelProto, table, options, dataset) -> t
     extra: set[str] = set()
     first = None
     for _round in range(_ROUNDS):
-        quant, stats = quantize_static(model, table, options, extra_float=frozenset(extra))
+        quant, stats = quantize(model, table, options, extra_float=frozenset(extra))
         outputs = stats["output_parts"]
         pairs = _pairs(quant)
         pairs.update({o: o for o in outputs})

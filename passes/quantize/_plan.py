@@ -25,7 +25,7 @@ import onnx
 from calibration.qparams import QuantParams, quant_params
 from passes._graph import GraphIndex
 from passes.quantize._policy import PolicyDecision
-from passes.quantize._rules import ABSORBABLE, OpRule, rule_for
+from passes.quantize._rules import ABSORBABLE, OpRule, node_label, rule_for
 
 __all__ = ["Unit", "Plan", "make_plan", "node_label"]
 
@@ -65,10 +65,6 @@ class Plan:
     params: dict[str, QuantParams]
     skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     float_nodes: dict[str, str] = dataclasses.field(default_factory=dict)
-
-
-def node_label(node: onnx.NodeProto) -> str:
-    return node.name or f"{node.op_type}:{node.output[0] if node.output else '?'}"
 
 
 def _candidate(node, rule, index: GraphIndex, table, opts, decision: PolicyDecision,

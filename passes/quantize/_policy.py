@@ -40,7 +40,8 @@ from collections import deque
 import numpy as np
 import onnx
 
-from passes._graph import GraphIndex, iter_subgraphs
+from passes._graph import GraphIndex, iter_subgraphs, subgraph_outer_inputs
+from passes.quantize._rules import node_label, rule_for
 
 __all__ = ["PolicyOptions", "PolicyDecision", "decide", "TRANSPARENT_OPS"]
 
@@ -124,7 +125,6 @@ def _reach(index: GraphIndex, starts: set[str], *, forward: bool) -> set[int]:
 
 
 def _outer_reads(node: onnx.NodeProto) -> list[str]:
-    from passes._graph import subgraph_outer_inputs
 
     names: list[str] = []
     for sub in iter_subgraphs(node):
@@ -195,15 +195,12 @@ def _gate_chain(index: GraphIndex, x: str, g: str, limit: int = 4) -> list[onnx.
 
 def _int8_gate(chain: list[onnx.NodeProto]) -> bool:
     """Every op of the gate has an int8 kernel of its own (a unary QLinear op, like Sigmoid)."""
-    from passes.quantize._rules import rule_for
 
     return all((r := rule_for(n)) is not None and r.kind == "unary" for n in chain)
 
 
 def _self_gates(index: GraphIndex, graph: onnx.GraphProto, decision: PolicyDecision,
                 *, keep_float: bool | None) -> None:
-    from passes.quantize._plan import node_label
-    from passes.quantize._rules import rule_for
 
     for node in graph.node:
         if node.op_type != "Mul" or len(node.input) != 2:

@@ -49,7 +49,7 @@ from collections.abc import Callable
 
 import onnx
 
-__all__ = ["OpRule", "RULES", "ABSORBABLE", "COMPUTE", "weight_axis", "rule_for"]
+__all__ = ["OpRule", "RULES", "ABSORBABLE", "COMPUTE", "weight_axis", "rule_for", "node_label"]
 
 
 def _attr_int(node: onnx.NodeProto, name: str, default: int) -> int:
@@ -145,3 +145,8 @@ def rule_for(node: onnx.NodeProto) -> OpRule | None:
         if mode != "nearest":
             return None
     return RULES.get(node.op_type)
+
+
+def node_label(node: onnx.NodeProto) -> str:
+    """How reports name a node: its name, else ``op_type:first output``."""
+    return node.name or f"{node.op_type}:{node.output[0] if node.output else '?'}"

@@ -27,7 +27,9 @@ from passes._base import Pass, PassResult, RunContext, Tolerance
 from passes._errors import PreconditionError
 from passes._graph import GraphIndex, opset_version
 from passes.quantize._emit import emit
-from passes.quantize._plan import make_plan, node_label
+from passes.quantize._fallback import quantize_with_fallback
+from passes.quantize._plan import make_plan
+from passes.quantize._rules import node_label
 from passes.quantize._policy import PolicyOptions, decide
 
 __all__ = ["StaticQuantOptions", "QuantizeStaticPass", "quantize_static"]
@@ -161,8 +163,7 @@ class QuantizeStaticPass(Pass):
             return PassResult(model, False, {"skipped: already quantized": 1})
         opts = self.options
         if opts.fallback_min_sqnr is not None and ctx.dataset is not None:
-            from passes.quantize._fallback import quantize_with_fallback
-            out, stats = quantize_with_fallback(model, ctx.calibration, opts, ctx.dataset)
+            out, stats = quantize_with_fallback(model, ctx.calibration, opts, ctx.dataset, quantize=quantize_static)
         else:
             out, stats = quantize_static(model, ctx.calibration, opts)
         stats.pop("unit_io", None)

@@ -44,7 +44,6 @@ Modules: ``_onnxsim`` (step 1), ``_batchnorm`` (step 2), ``_cleanup`` (steps 3â€
 from __future__ import annotations
 
 import collections
-import dataclasses
 from typing import Any, ClassVar
 
 import onnx
@@ -53,30 +52,10 @@ from passes._base import EXACT, Pass, PassResult, RunContext
 from passes._graph import opset_version
 from passes.simplify._batchnorm import fold_batchnorms
 from passes.simplify._cleanup import dedup_initializers, remove_dead, remove_passthroughs, sort_graph
-from passes.simplify._common import copy_model
+from passes.simplify._common import SimplifyOptions, copy_model
 from passes.simplify._onnxsim import run_onnxsim
 
 __all__ = ["SimplifyOptions", "SimplifyPass"]
-
-
-@dataclasses.dataclass(frozen=True)
-class SimplifyOptions:
-    """What :class:`SimplifyPass` does.
-
-    Attributes:
-        use_onnxsim: run onnxsim before our own rewrites.
-        fold_batchnorm: fold BatchNormalization into a preceding Conv/ConvTranspose/Gemm.
-        remove_identity: remove Identity nodes and inference-mode Dropout.
-        dedup_initializers: merge initializers with identical contents.
-        onnxsim_size_limit_bytes: models whose proto is larger skip onnxsim (it serializes the
-            whole model into one protobuf message, which cannot exceed 2 GiB).
-    """
-
-    use_onnxsim: bool = True
-    fold_batchnorm: bool = True
-    remove_identity: bool = True
-    dedup_initializers: bool = True
-    onnxsim_size_limit_bytes: int = 2_000_000_000
 
 
 class SimplifyPass(Pass):

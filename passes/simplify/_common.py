@@ -1,4 +1,4 @@
-"""Helpers shared by the simplify rewrites: copying a model and recording a skipped node.
+"""What the simplify rewrites share: their options, copying a model and recording a skipped node.
 
 A skip is counted under its reason (the pass reports it as ``"skipped: <reason>"``) and logged
 at DEBUG with the node's op type and name.
@@ -7,13 +7,34 @@ at DEBUG with the node's op type and name.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 
 import onnx
 
-__all__ = ["copy_model", "skip"]
+__all__ = ["SimplifyOptions", "copy_model", "skip"]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class SimplifyOptions:
+    """What :class:`SimplifyPass` does.
+
+    Attributes:
+        use_onnxsim: run onnxsim before our own rewrites.
+        fold_batchnorm: fold BatchNormalization into a preceding Conv/ConvTranspose/Gemm.
+        remove_identity: remove Identity nodes and inference-mode Dropout.
+        dedup_initializers: merge initializers with identical contents.
+        onnxsim_size_limit_bytes: models whose proto is larger skip onnxsim (it serializes the
+            whole model into one protobuf message, which cannot exceed 2 GiB).
+    """
+
+    use_onnxsim: bool = True
+    fold_batchnorm: bool = True
+    remove_identity: bool = True
+    dedup_initializers: bool = True
+    onnxsim_size_limit_bytes: int = 2_000_000_000
 
 
 def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:

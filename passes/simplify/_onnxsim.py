@@ -26,14 +26,11 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import onnx
 
-from passes.simplify._common import copy_model
-
-if TYPE_CHECKING:
-    from passes.simplify import SimplifyOptions
+from passes.simplify._common import SimplifyOptions, copy_model
 
 __all__ = ["run_onnxsim"]
 

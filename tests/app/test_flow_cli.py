@@ -323,3 +323,49 @@ def test_unknown_names_are_usage_errors(args: list[str], out_dir: Path) -> None:
     result = _invoke([command, str(LENET), "-o", str(out_dir / "o.onnx"), *rest], out_dir, model=LENET, code=2,
                      needle="not")
     assert rest[-1] in result.stderr
+
+
+def test_ctrl_c_during_a_prune_probe(out_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from passes.prune import _sensitivity
+
+    real = _sensitivity.Meter.__call__
+    calls = []
+
+    def probe(self: object, removal: object) -> float:
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, removal)
+
+    monkeypatch.setattr(_sensitivity.Meter, "__call__", probe)
+    _check_interrupted(["prune", str(LENET), "-o", str(out_dir / "p.onnx"), "--calib", str(CALIB)], out_dir)
+    assert len(calls) == 3
+
+
+def test_prune_progress_reports_the_probes() -> None:
+    from onnxslim.prune import prune_file
+    from passes.prune import PruneOptions
+
+    seen: list[tuple[str, int, int]] = []
+    with pytest.raises(Exception):  # noqa: B017 - only the progress calls matter; the target folder is missing
+        prune_file(LENET, Path("/nonexistent-folder/p.onnx"), options=PruneOptions(ratio=0.3), calib=CALIB,
+                   progress=lambda *a: seen.append(a))
+    assert seen == []  # the output folder is refused before any work
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prune_file(LENET, Path(tmp) / "p.onnx", options=PruneOptions(ratio=0.3), calib=CALIB,
+                   progress=lambda *a: seen.append(a))
+    dones = [done for label, done, _ in seen if label == "probing channel groups"]
+    assert len(dones) >= 2 and dones == sorted(dones) and dones[0] == 1
+    assert all(done <= total for _, done, total in seen)
+
+
+def test_prune_with_nothing_prunable_names_why(out_dir: Path) -> None:
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "one_conv",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])],
+                              [numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")])
+    model = out_dir / "one_conv.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), model)
+    _invoke(["prune", str(model), "-o", str(out_dir / "p.onnx")], out_dir, model=model, code=1, needle="graph output")
