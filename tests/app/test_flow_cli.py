@@ -144,30 +144,38 @@ def test_ctrl_c_during_writing(out_dir: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 _SIGINT_DRIVER = """
-import sys, time
+import importlib, sys, time
 from pathlib import Path
-import onnxslim.flow
 from onnxslim.cli import main
 
-marker = Path(sys.argv[1])
+marker, target = Path(sys.argv[1]), sys.argv[2]
+module, _, attr = target.partition(":")
+owner = importlib.import_module(module)
+for part in attr.split(".")[:-1]:
+    owner = getattr(owner, part)
 
 def slow(*args, **kwargs):
-    marker.write_text("timing")
+    marker.write_text("entered")
     time.sleep(60)
     raise SystemExit("not interrupted")
 
-onnxslim.flow.side_by_side_runs = slow
-main(sys.argv[2:])
+setattr(owner, attr.split(".")[-1], slow)
+main(sys.argv[3:])
 """
 
 
-def test_real_sigint_during_latency_exits_130_and_leaves_nothing(out_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("target", "command"), [
+    ("onnxslim.calibrate:collect", ["quantize", "--calib", str(CALIB)]),
+    ("passes.prune._sensitivity:Meter.__call__", ["prune", "--calib", str(CALIB)]),
+    ("onnxslim.flow:side_by_side_runs", ["quantize", "--calib", str(CALIB)]),
+], ids=["calibration", "prune-probe", "latency"])
+def test_real_sigint_exits_130_and_leaves_nothing(target: str, command: list[str], out_dir: Path, tmp_path: Path) -> None:
+    """A real SIGINT, sent once the command has entered the phase (the phase is replaced by a
+    sleep that marks its entry), exits 130 with one line and leaves no file."""
     marker = tmp_path / "entered"
-    out = out_dir / "q.onnx"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _SIGINT_DRIVER, str(marker), "quantize", str(LENET), "-o", str(out), "--calib", str(CALIB)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-    )
+    args = [command[0], str(LENET), "-o", str(out_dir / "o.onnx"), *command[1:]]
+    proc = subprocess.Popen([sys.executable, "-c", _SIGINT_DRIVER, str(marker), target, *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     deadline = time.monotonic() + 120
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -231,6 +239,43 @@ def test_user_data_drives_and_verifies_the_model(command: list[str], out_dir: Pa
     assert result.exit_code == 0, result.output
     assert "verification: passed (3 samples of --data" in result.stdout
     onnx.checker.check_model(onnx.load(out), full_check=True)
+
+
+def _slice_model() -> onnx.ModelProto:
+    """``y = Slice(x, starts, ends, axes) @ W``: the ``axes`` input must hold a valid axis, which
+    random integers (0..7) rarely are for a rank-2 input."""
+    w = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Slice", ["x", "starts", "ends", "axes"], ["s"]), helper.make_node("MatMul", ["s", "w"], ["y"])],
+        "slice_matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8]),
+         helper.make_tensor_value_info("starts", TensorProto.INT64, [1]),
+         helper.make_tensor_value_info("ends", TensorProto.INT64, [1]),
+         helper.make_tensor_value_info("axes", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], [numpy_helper.from_array(w, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+def test_dynamic_quantize_of_a_model_random_inputs_cannot_drive(out_dir: Path) -> None:
+    model = out_dir / "slice.onnx"
+    onnx.save(_slice_model(), model)
+    _invoke(["quantize", str(model), "-o", str(out_dir / "q.onnx"), "--mode", "dynamic", "--shape", "x=2x8",
+             "--shape", "starts=1", "--shape", "ends=1", "--shape", "axes=1"], out_dir, model=model, code=1,
+            needle="--data")
+    data = out_dir / "slice_data.npz"
+    np.savez(data, x=np.random.default_rng(2).standard_normal((2, 2, 8)).astype(np.float32),
+             starts=np.array([[2], [0]], np.int64), ends=np.array([[6], [4]], np.int64), axes=np.array([[1], [1]], np.int64))
+    result = CliRunner().invoke(main, ["quantize", str(model), "-o", str(out_dir / "q.onnx"), "--mode", "dynamic",
+                                       "--data", str(data)])
+    assert result.exit_code == 0, result.output
+    assert "verification: passed (2 samples of --data" in result.stdout
+    assert "DynamicQuantizeLinear" in {n.op_type for n in onnx.load(out_dir / "q.onnx").graph.node}
+
+
+def test_fp16_calibration_with_nan_data_is_refused(out_dir: Path) -> None:
+    calib = _lenet_data(out_dir / "nan.npz", poison=lambda x: x.fill(np.nan))
+    _invoke(["fp16", str(LENET), "-o", str(out_dir / "h.onnx"), "--calib", str(calib)], out_dir, model=LENET, code=1,
+            needle="NaN")
 
 
 def test_quantize_with_nothing_eligible_writes_nothing(out_dir: Path, gated: tuple[Path, Path]) -> None:
