@@ -212,8 +212,18 @@ _OWN_TABLE_STATS = {"groups"}
 def _render_stats(name: str, stats: Mapping[str, Any], op_types: Mapping[str, str], *, verbose: bool) -> list[str]:
     """One line of scalar counters, then the list-valued stats: one line per entry, or, for a
     long list, its length and counts by op type (every entry with ``verbose``)."""
-    scalars = [f"{k} {v}" for k, v in stats.items() if v and k not in _QUIET_STATS and not isinstance(v, (list, tuple, dict))]
-    lines = [f"{name}: {', '.join(scalars) or 'nothing to do'}"]
+    plain: list[str] = []
+    prefixed: dict[str, list[str]] = {}  # "quantized: Conv 64" and the like, one line per prefix
+    for k, v in stats.items():
+        if not v or k in _QUIET_STATS or isinstance(v, (list, tuple, dict)):
+            continue
+        prefix, sep, rest = str(k).partition(": ")
+        if sep:
+            prefixed.setdefault(prefix, []).append(f"{rest} {v}")
+        else:
+            plain.append(f"{k} {v}")
+    lines = [f"{name}: {', '.join(plain) or ('' if prefixed else 'nothing to do')}".rstrip()]
+    lines += [f"  {prefix}: {', '.join(items)}" for prefix, items in prefixed.items()]
     for key, value in stats.items():
         if not isinstance(value, (list, tuple)) or not value or key in _OWN_TABLE_STATS:
             continue
