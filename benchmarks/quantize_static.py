@@ -6,7 +6,7 @@ Usage (from the repository root)::
                                          [--runs N] [--no-bench] [--out DIR]
 
 For each task: generate its data (cached, as ``benchmarks.run_tasks``), prepare the fp32 model
-(:func:`passes.quantize.prepare_for_quantization`), calibrate it with MinMax on the task's
+(:class:`passes.quantize.PrepareForQuantizationPass`), calibrate it with MinMax on the task's
 calibration split, quantize with default :class:`StaticQuantOptions`, then score fp32 vs ours with
 the task metric (:func:`onnxslim.validate.validate`) and time fp32, ours (and with ``--peer``
 onnxruntime's ``quantize_static`` QDQ result) side by side in one :func:`onnxslim.bench.bench`
@@ -32,7 +32,7 @@ from calibration.collect import collect
 from calibration.datasets import open_dataset, input_specs
 from passes._base import RunContext
 from passes._errors import OnnxSlimError
-from passes.quantize import QuantizeStaticPass, StaticQuantOptions, prepare_for_quantization
+from passes.quantize import PrepareForQuantizationPass, QuantizeStaticPass, StaticQuantOptions
 
 __all__ = ["TaskResult", "run_task", "main"]
 
@@ -105,7 +105,8 @@ def run_task(task: str, *, out_dir: Path, calib_samples: int | None, reduce_rang
     data = task_data(task, module, data_dir=DEFAULT_DATA_DIR, seed=0, n_eval=None, n_calib=None, regenerate=False)
     fp32_path = reference_model(module)
     fp32 = onnx.load(fp32_path)
-    prepared, notes = prepare_for_quantization(fp32)
+    prepare = PrepareForQuantizationPass().apply(fp32, RunContext())
+    prepared, notes = prepare.model, list(prepare.stats["notes"])
     dataset = _limited(open_dataset(data.calib_path, input_specs(prepared)), calib_samples)
     table = collect(prepared, dataset, method="minmax")
     opts = options or StaticQuantOptions(reduce_range=reduce_range)

@@ -74,6 +74,9 @@ class Dataset(abc.ABC):
 
     source: str = "data"
     synthetic: bool = False  # True for made-up data: ranges measured on it are not meaningful
+    #: Samples of the underlying data left out for holding NaN/Inf
+    #: (``prepare_dataset(..., skip_nonfinite=True)``); 0 otherwise.
+    skipped_nonfinite: int = 0
 
     @abc.abstractmethod
     def __iter__(self) -> Iterator[Sample]:

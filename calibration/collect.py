@@ -39,13 +39,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from calibration._augment import TensorInfo, chunk_model, infer_tensors, plan_chunks, select_tensors
+from calibration._augment import FLOAT_TYPES, TensorInfo, chunk_model, infer_tensors, plan_chunks, select_tensors
 from calibration.datasets import Dataset, InputSpec, IterableDataset, check_dataset, check_sample, input_specs
 from calibration.observers import METHODS, Observer, ObserverOptions, make_observer
 from calibration.table import CalibrationTable, TensorRange, model_fingerprint
 from passes._errors import CalibrationError, DataError
 
-__all__ = ["DEFAULT_BUDGET", "Collector", "collect"]
+__all__ = ["DEFAULT_BUDGET", "Collector", "collect", "observed_tensors"]
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,7 @@ class Collector:
         self._inputs: tuple[str, ...] = ()
         self._fed = 0  # samples whose inputs were checked and observed
         self._started = False
+        self._source = "data"
 
     def tracked_bytes(self) -> int:
         """Bytes the collection holds: observer states plus the largest set of outputs held at once."""
@@ -131,6 +132,7 @@ class Collector:
         if self._started:
             raise CalibrationError("a Collector runs once; make a new one for new data")
         self._started = True
+        self._source = getattr(dataset, "source", "data")
         specs = input_specs(self.model)
         check_dataset(dataset, specs)
         first = next(iter(dataset))
@@ -245,7 +247,12 @@ class Collector:
 
     def table(self, *, keep_histograms: bool = False, seconds: float | None = None,
               fingerprint: str | None = None) -> CalibrationTable:
-        """The ranges as a :class:`CalibrationTable` (tensors without any finite value are left out)."""
+        """The ranges as a :class:`CalibrationTable` (tensors without any finite value are left out).
+
+        Raises:
+            CalibrationError: no tensor had a single finite value (nothing was observed): an
+                empty table would quantize nothing and look like a success.
+        """
         tensors: dict[str, TensorRange] = {}
         empty = 0
         for name, observer in self.observers.items():
@@ -255,6 +262,12 @@ class Collector:
                 continue
             hist = observer.histogram() if keep_histograms else None
             tensors[name] = TensorRange(bounds[0], bounds[1], hist.state() if hist is not None else None)
+        if not tensors:
+            first = next(iter(self.observers), None)
+            raise CalibrationError(
+                f"calibration on {self._source} ({self.samples} samples) observed no finite value in any of its "
+                f"{len(self.observers)} tensors (first: '{first}'): every value was NaN/Inf, or no sample was run"
+            )
         skipped = {**self.skipped, "no finite values": empty}
         probe = make_observer(self.method, self._options)
         stats = {"tensors": len(tensors), "skipped": skipped, "passes": self.passes, "runs": self.runs,
@@ -310,3 +323,19 @@ def collect(
         collector.notes.append("synthetic random data: these ranges are not meaningful for a real model")
     collector.run(dataset, progress=progress)
     return collector.table(keep_histograms=keep_histograms, seconds=time.perf_counter() - started)
+
+
+def observed_tensors(model: onnx.ModelProto) -> frozenset[str]:
+    """The tensors a default :func:`collect` of ``model`` gives a range for whenever the data
+    reaches them with finite values: graph inputs and main-graph node outputs that are not
+    constant and whose float type shape inference knows (tensors it cannot type are left out,
+    as :func:`collect` types those only at run time).
+
+    A quantizer uses this to tell "no range because the table lacks it" (an error) from "no
+    range because the tensor is not a float activation" (a reason to leave a node float).
+    """
+    infos = infer_tensors(model, {})
+    selection = select_tensors(model, infos)
+    unknown = TensorInfo(0, None)
+    return frozenset(n for n in (*selection.inputs, *selection.outputs)
+                     if infos.get(n, unknown).elem_type in FLOAT_TYPES)

@@ -327,7 +327,10 @@ def check_dataset(dataset: Dataset, specs: Sequence[InputSpec]) -> None:
 
 
 def nonfinite_problem(sample: Mapping[str, np.ndarray]) -> str | None:
-    """Which input of ``sample`` holds NaN/Inf and how many, or ``None`` when all are finite."""
+    """Which input of ``sample`` holds NaN/Inf and how many, or ``None`` when all are finite.
+
+    Only float (and complex) arrays are looked at; one ``np.isfinite`` per array, nothing kept.
+    """
     for name, value in sample.items():
         array = np.asarray(value)
         if np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.complexfloating):
@@ -337,8 +340,23 @@ def nonfinite_problem(sample: Mapping[str, np.ndarray]) -> str | None:
     return None
 
 
+def _origin(dataset: Dataset, index: int) -> tuple[str, int]:
+    """The source and sample index, in the data as given, of sample ``index`` of ``dataset``
+    (through any :class:`Subset`: a shuffled or limited selection names the file's own index)."""
+    while isinstance(dataset, (Subset, FiniteSamples)):
+        if isinstance(dataset, Subset):
+            index = dataset._indices[index]
+        dataset = dataset._base
+    return dataset.source, index
+
+
 class FiniteSamples(Dataset):
-    """Another dataset whose samples are checked for NaN/Inf as they are read (nothing is held)."""
+    """Another dataset whose samples are checked for NaN/Inf as they are read (nothing is held).
+
+    Raises (when a sample is read):
+        DataError: ``"<source>: sample <i>: input '<name>' has <n> NaN/Inf values"``, with the
+            sample's index in the data as given.
+    """
 
     def __init__(self, base: Dataset) -> None:
         self._base = base
@@ -354,7 +372,9 @@ class FiniteSamples(Dataset):
     def _checked(self, sample: Sample, index: int) -> Sample:
         problem = nonfinite_problem(sample)
         if problem:
-            raise DataError(f"{self.source}: sample {index}: {problem} (fix the data, or --skip-nonfinite drops such samples)")
+            source, origin = _origin(self._base, index)
+            raise DataError(f"{source}: sample {origin}: {problem} "
+                            "(fix the data, or --skip-nonfinite drops such samples)")
         return sample
 
     def __iter__(self) -> Iterator[Sample]:
@@ -366,14 +386,26 @@ class FiniteSamples(Dataset):
 
 
 def _finite_only(dataset: Dataset) -> Dataset:
-    """``dataset`` without the samples that hold NaN/Inf (one scan); the source says how many went."""
-    keep = [i for i, sample in enumerate(dataset) if nonfinite_problem(sample) is None]
+    """``dataset`` without the samples that hold NaN/Inf (one scan, nothing kept but indices);
+    the result's ``skipped_nonfinite`` (and ``source``) say how many went."""
+    keep: list[int] = []
+    first: tuple[int, str] | None = None
+    for index, sample in enumerate(dataset):
+        problem = nonfinite_problem(sample)
+        if problem is None:
+            keep.append(index)
+        elif first is None:
+            first = (index, problem)
     dropped = len(dataset) - len(keep)
-    if not keep:
-        raise DataError(f"{dataset.source}: every one of its {dropped} samples holds NaN/Inf")
     if not dropped:
         return dataset
-    return Subset(dataset, keep, how=f"{dropped} of {len(dataset)} samples skipped for NaN/Inf")
+    if not keep:
+        source, origin = _origin(dataset, first[0]) if first else (dataset.source, 0)
+        raise DataError(f"{dataset.source}: all {dropped} samples hold NaN/Inf, none is left to use "
+                        f"({source}: sample {origin}: {first[1] if first else '?'})")
+    subset = Subset(dataset, keep, how=f"{dropped} of {len(dataset)} samples skipped for NaN/Inf")
+    subset.skipped_nonfinite = dropped
+    return subset
 
 
 def prepare_dataset(source: str | os.PathLike[str] | Dataset, specs: Sequence[InputSpec], *, limit: int | None = None,
@@ -381,15 +413,25 @@ def prepare_dataset(source: str | os.PathLike[str] | Dataset, specs: Sequence[In
                     skip_nonfinite: bool = False) -> Dataset:
     """``source`` (a path for :func:`open_dataset`, or a dataset) with at most ``limit`` samples
     (:func:`select_samples`), checked against ``specs`` (:func:`check_dataset`), and every sample
-    checked for NaN/Inf as it is read — or, with ``skip_nonfinite``, the samples holding NaN/Inf
-    dropped (after the limit; the dataset's ``source`` says how many).
+    checked for NaN/Inf as it is read (:class:`FiniteSamples`: the error names the source, the
+    sample and the input).
+
+    With ``skip_nonfinite`` the samples holding NaN/Inf are dropped instead: one scan after the
+    limit (so fewer than ``limit`` may remain), then a :class:`Subset`. How many were dropped is
+    the returned dataset's ``skipped_nonfinite`` (0 when none), and its ``source`` says so.
 
     Raises:
-        DataError: as those three; a sample with NaN/Inf (when it is read); no finite sample.
+        DataError: as those three; a sample with NaN/Inf (when it is read); no sample, or no
+            finite sample left after skipping.
     """
     dataset = source if isinstance(source, Dataset) else open_dataset(source, specs, image_spec=image_spec)
     dataset = select_samples(dataset, limit=limit, shuffle=shuffle, seed=seed)
-    dataset = _finite_only(dataset) if skip_nonfinite else FiniteSamples(dataset)
+    if len(dataset) == 0:
+        raise DataError(f"{dataset.source}: holds no samples")
+    if skip_nonfinite:
+        dataset = _finite_only(dataset)
+    elif not isinstance(dataset, FiniteSamples):  # checked once, also when prepared twice
+        dataset = FiniteSamples(dataset)
     check_dataset(dataset, specs)
     return dataset
 
@@ -398,27 +440,35 @@ def check_class_labels(labels: np.ndarray, *, count: int, classes: int, where: s
     """``labels`` as one integer class id per sample, checked for labeled accuracy.
 
     Args:
-        labels: the data's labels.
-        count: how many samples were predicted.
+        labels: the data's labels: shape ``[N]`` (or ``[N, 1]``), an integer dtype.
+        count: how many samples were predicted (``N``).
         classes: the size of the class axis of the scores they are compared with.
+        where: how the message names the labels.
+
+    Returns:
+        The labels as a 1-D integer array.
 
     Raises:
-        DataError: saying what is wrong: one-hot or other multi-column labels, float labels,
-            a count that differs from the samples, ids outside ``[0, classes)``.
+        DataError: saying what is wrong: one-hot (``[N, C]``) or other multi-axis labels, float
+            (or other non-integer) labels, a count other than ``count``, ids outside
+            ``[0, classes)``.
     """
     array = np.asarray(labels)
     if array.ndim == 2 and array.shape[1] == 1:
         array = array[:, 0]
     if array.ndim != 1:
-        shape = "x".join(map(str, array.shape))
+        shape = ", ".join(map(str, array.shape))
         hint = " (one-hot?)" if array.ndim == 2 else ""
         raise DataError(f"{where} are {array.ndim}-D [{shape}]{hint}: give one integer class id per sample")
-    if not np.issubdtype(array.dtype, np.integer):
-        raise DataError(f"{where} are {array.dtype} (float?): give integer class ids")
+    if not np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
+        whole = np.issubdtype(array.dtype, np.floating) and bool(np.all(np.isfinite(array) & (array == np.round(array))))
+        hint = " (whole numbers: store them as integers, e.g. np.int64)" if whole else ""
+        raise DataError(f"{where} are {array.dtype}, not integers{hint}: give one integer class id per sample")
     if len(array) != count:
-        raise DataError(f"{where}: {len(array)} labels for {count} predictions")
+        raise DataError(f"{where}: {len(array)} labels for {count} predictions: give one class id per sample")
     bad = np.flatnonzero((array < 0) | (array >= classes))
     if bad.size:
         raise DataError(f"{where}: label {int(array[bad[0]])} of sample {int(bad[0])} is out of range for "
-                        f"{classes} classes ({bad.size} such labels)")
+                        f"{classes} classes (ids must be in [0, {classes}); {bad.size} such label"
+                        f"{'s' if bad.size > 1 else ''})")
     return array

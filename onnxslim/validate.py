@@ -413,9 +413,12 @@ class _RunResult:
     def accuracy(self, labels: np.ndarray | None, notes: list[str], *, strict: bool) -> AccuracyReport | None:
         """Top-1 accuracy of the first ``[N, C]`` class output against ``labels``.
 
-        With ``strict`` (no task metric to read the labels instead), labels that are not one
-        integer class id per sample within ``C`` are an error; otherwise such labels (a metric's
-        boxes or intervals) are the metric's, and labeled accuracy is not measured.
+        ``labels`` are the dataset's, one per sample; those of the samples run (the first
+        ``count``) are checked by :func:`calibration.datasets.check_class_labels` against the
+        predictions made and ``C``. With ``strict`` (no task metric to read the labels instead),
+        labels that are not one integer class id per prediction within ``[0, C)`` are a
+        :class:`DataError` saying what is wrong; otherwise such labels (a metric's boxes or
+        intervals) are the metric's, and labeled accuracy is not measured (a note says why).
         """
         if labels is None:
             return None
@@ -427,7 +430,9 @@ class _RunResult:
         ref = np.concatenate(self.ref_top1[name])
         cand = np.concatenate(self.cand_top1[name])
         try:
-            truth = check_class_labels(np.asarray(labels)[: len(ref)], count=len(ref), classes=self.classes[name])
+            given = np.asarray(labels)
+            truth = check_class_labels(given[: self.count] if given.ndim else given, count=len(ref),
+                                       classes=self.classes[name])
         except DataError as err:
             if strict:
                 raise DataError(f"labeled accuracy of '{name}': {err}") from err

@@ -107,18 +107,43 @@ def _closed_path(graph: dict[str, set[str]], members: set[str]) -> list[str]:
     return sorted(members)
 
 
+def _package(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
 def test_the_cycle_finder_sees_a_function_level_cycle(tmp_path: Path) -> None:
-    pkg = tmp_path / "pkg"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "a.py").write_text("from pkg.b import f\n")
-    (pkg / "b.py").write_text("def f():\n    from pkg import a\n    return a\n")
-    (pkg / "c.py").write_text("from . import a\n")
+    _package(tmp_path, {
+        "pkg/__init__.py": "from pkg.a import f\n",
+        "pkg/a.py": "from pkg.b import f\n",
+        "pkg/b.py": "def f():\n    from pkg import a\n    return a\n",
+        "pkg/c.py": "from . import a\nimport numpy\n",
+    })
     graph = import_graph(tmp_path, ("pkg",))
-    assert graph["pkg.c"] == {"pkg.a"} and graph["pkg.b"] == {"pkg.a"}
+    assert graph["pkg.c"] == {"pkg.a"} and graph["pkg.b"] == {"pkg.a"} and graph["pkg"] == {"pkg.a"}
+    assert "pkg" not in graph["pkg.a"]  # no implicit edge from a submodule to its package
     assert find_cycles(graph) == [["pkg.a", "pkg.b", "pkg.a"]]
-    (pkg / "b.py").write_text("def f():\n    return 1\n")
+    (tmp_path / "pkg/b.py").write_text("def f():\n    return 1\n")
     assert find_cycles(import_graph(tmp_path, ("pkg",))) == []
+
+
+def test_every_form_of_import_is_an_edge(tmp_path: Path) -> None:
+    _package(tmp_path, {
+        "pkg/__init__.py": "X = 1\n",
+        "pkg/sub/__init__.py": "from . import d\n",
+        "pkg/sub/d.py": "from ..c import g\nfrom .. import X\n",
+        "pkg/c.py": "import pkg.sub.d as dd\n\nclass K:\n    def m(self):\n        import pkg.e\n",
+        "pkg/e.py": "if True:\n    from pkg.sub import d\n",
+        "other/__init__.py": "",
+    })
+    graph = import_graph(tmp_path, ("pkg", "other"))
+    assert graph == {"pkg": set(), "pkg.sub": {"pkg.sub.d"}, "pkg.sub.d": {"pkg.c", "pkg"},
+                     "pkg.c": {"pkg.sub.d", "pkg.e"}, "pkg.e": {"pkg.sub.d"}, "other": set()}
+    cycles = find_cycles(graph)
+    assert len(cycles) == 1 and cycles[0][0] == cycles[0][-1] == "pkg.c"
+    assert set(cycles[0]) == {"pkg.c", "pkg.sub.d"}  # the shortest cycle through the first module
 
 
 def test_no_import_cycles() -> None:

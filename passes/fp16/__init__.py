@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import onnx
 
 from passes._base import Pass, PassResult, RunContext, Tolerance
-from passes._errors import PreconditionError
+from passes._errors import CalibrationError, PreconditionError
 from passes._graph import is_onnx_domain, opset_version
 from passes.fp16._convert import ConversionResult, convert_model
 from passes.fp16._facts import FP16_MAX, collect_facts, walk_graphs
@@ -81,10 +81,18 @@ class Fp16Options:
 
 def ranges_from(calibration: Any) -> dict[str, tuple[float, float]]:
     """``(min, max)`` per tensor from a calibration table (its ``tensors`` entries with
-    ``min``/``max``), a ``ranges`` attribute, or a plain mapping; empty for ``None``."""
+    ``min``/``max``), a ``ranges`` attribute, or a plain mapping; empty for ``None``.
+
+    An object with ``tensors`` (or ``ranges``) is read from that attribute even when it is empty
+    (a :class:`calibration.table.CalibrationTable` is not itself a mapping).
+    """
     if calibration is None:
         return {}
-    source = getattr(calibration, "tensors", None) or getattr(calibration, "ranges", None) or calibration
+    source = calibration
+    for attribute in ("tensors", "ranges"):
+        if getattr(calibration, attribute, None) is not None:
+            source = getattr(calibration, attribute)
+            break
     out: dict[str, tuple[float, float]] = {}
     for name, value in dict(source).items():
         if hasattr(value, "min") and hasattr(value, "max"):
@@ -123,7 +131,11 @@ class ConvertFloat16Pass(Pass):
             raise PreconditionError("the model imports no default ONNX opset; use weights-only mode")
 
     def apply(self, model: onnx.ModelProto, ctx: RunContext) -> PassResult:
-        """Convert a copy of ``model``; ``model`` itself is never modified."""
+        """Convert a copy of ``model``; ``model`` itself is never modified.
+
+        Raises:
+            CalibrationError: full mode with a calibration table in ``ctx`` that holds no range.
+        """
         work = onnx.ModelProto()
         work.CopyFrom(model)
         before = _weight_bytes(model)
@@ -144,6 +156,10 @@ class ConvertFloat16Pass(Pass):
     def _convert(self, work: onnx.ModelProto, ctx: RunContext) -> ConversionResult:
         opts = self.options
         ranges = dict(opts.ranges) if opts.ranges is not None else ranges_from(ctx.calibration)
+        if opts.ranges is None and ctx.calibration is not None and not ranges:
+            raise CalibrationError("the calibration table holds no tensor ranges (calibration observed nothing), so "
+                                   "fp16 cannot tell which tensors overflow float16: calibrate again with data that "
+                                   "reaches the model with finite values, or convert without calibration")
         settings = PlanSettings(
             opset=opset_version(work) or 1,
             block_ops=frozenset(opts.block_ops),

@@ -1,13 +1,13 @@
 """int8 quantization passes: static QDQ (this package) and dynamic (``_dynamic``).
 
 Public surface: :class:`QuantizeStaticPass`, :class:`StaticQuantOptions`, :class:`PolicyOptions`,
-:class:`PrepareForQuantizationPass` (and :func:`prepare_for_quantization`), the rules table :data:`RULES`; :class:`QuantizeDynamicPass` and
-:class:`DynamicQuantOptions`.
+:class:`PrepareForQuantizationPass` and :class:`PrepareOptions` (run it before calibrating), the
+rules table :data:`RULES`; :class:`QuantizeDynamicPass` and :class:`DynamicQuantOptions`.
 """
 
 from passes.quantize._dynamic import DynamicQuantOptions, QuantizeDynamicPass
 from passes.quantize._policy import PolicyOptions
-from passes.quantize._prepare import PrepareForQuantizationPass, PrepareOptions, prepare_for_quantization
+from passes.quantize._prepare import PrepareForQuantizationPass, PrepareOptions
 from passes.quantize._rules import RULES, OpRule
 from passes.quantize._static import QuantizeStaticPass, StaticQuantOptions, quantize_static
 
@@ -21,6 +21,5 @@ __all__ = [
     "QuantizeStaticPass",
     "RULES",
     "StaticQuantOptions",
-    "prepare_for_quantization",
     "quantize_static",
 ]

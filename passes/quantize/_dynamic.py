@@ -31,7 +31,7 @@ Weights are symmetric int8 (``z_w = 0``, range ``[-127, 127]``, or ``[-63, 63]``
 Nodes inside subgraphs (If/Loop/Scan), of other domains, with a non-constant or non-2-D weight,
 or excluded by type or name, are left float and counted as ``"skipped: <reason>"``. A model
 whose opset is too low for the emitted ops is first brought up through
-``passes.quantize._prepare.prepare_for_quantization`` when present (else simplify +
+:class:`passes.quantize._prepare.PrepareForQuantizationPass` (simplify, then
 ``onnx.version_converter``).
 
 Which form onnxruntime runs fastest — measured, not assumed (``python -m benchmarks.quantize
@@ -74,6 +74,7 @@ from calibration.qparams import QuantParams, quantize, weight_quant_params
 from passes._base import Pass, PassResult, RunContext, Tolerance
 from passes._errors import PreconditionError
 from passes._graph import GraphIndex, NameAllocator, all_nodes, is_onnx_domain, iter_subgraphs, opset_version, remove_nodes
+from passes.quantize._prepare import PrepareForQuantizationPass, PrepareOptions
 
 __all__ = ["DynamicQuantOptions", "QuantizeDynamicPass"]
 
@@ -203,24 +204,20 @@ def _min_opset(opts: DynamicQuantOptions) -> int:
 
 
 def _prepare(model: onnx.ModelProto, opts: DynamicQuantOptions, ctx: RunContext) -> tuple[onnx.ModelProto, str]:
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
+    """A copy of ``model`` at the opset the emitted ops need, and a note of what was done."""
     need, have = _min_opset(opts), opset_version(model) or 1
     if have >= need:
+        work = onnx.ModelProto()
+        work.CopyFrom(model)
         return work, ""
     if not opts.prepare:
         raise PreconditionError(f"quantize-dynamic: opset {have} is below {need}, which the emitted ops need "
                                 "(enable prepare)")
-    try:
-        from passes.quantize._prepare import prepare_for_quantization
-    except ImportError:
-        from passes.simplify import SimplifyPass
-
-        work = SimplifyPass().apply(work, ctx).model
-        work = onnx.version_converter.convert_version(work, need)
-        return work, f"opset {have} → {need} (simplify + onnx.version_converter)"
-    work, notes = prepare_for_quantization(work, min_opset=need)
-    return work, f"opset {have} → {opset_version(work)} (prepare_for_quantization: {notes})"
+    result = PrepareForQuantizationPass(PrepareOptions(min_opset=need)).apply(model, ctx)
+    notes = "; ".join(result.stats["notes"])
+    if result.stats["opset_after"] < need:
+        raise PreconditionError(f"quantize-dynamic: the emitted ops need opset {need}, and {notes}")
+    return result.model, f"opset {have} → {result.stats['opset_after']} ({PrepareForQuantizationPass.name}: {notes})"
 
 
 #: The skip reason of target ops inside If/Loop/Scan bodies.

@@ -20,7 +20,7 @@ import onnx
 from onnx import numpy_helper
 
 from calibration.qparams import QuantParams, quantize, weight_quant_params
-from passes._graph import GraphIndex, NameAllocator, remove_nodes, topological_sort
+from passes._graph import GraphIndex, NameAllocator, iter_subgraphs, remove_nodes, subgraph_outer_inputs, topological_sort
 from passes.quantize._plan import Plan, Unit
 
 __all__ = ["emit"]
@@ -125,8 +125,6 @@ def _rewire(graph: onnx.GraphProto, plan: Plan, dq_of: dict[str, str]) -> None:
 
 
 def _drop_unused_constants(graph: onnx.GraphProto) -> None:
-    from passes._graph import subgraph_outer_inputs, iter_subgraphs
-
     used = {i for n in graph.node for i in n.input}
     for n in graph.node:
         for sub in iter_subgraphs(n):

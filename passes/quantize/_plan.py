@@ -6,7 +6,10 @@ Steps:
    activation inputs have calibrated ranges, whose weight is a constant float, that is not
    excluded by the user or kept float by the policy. A unit whose output is a graph output (or a
    policy-float tensor) keeps its output float: a compute unit then still takes quantized inputs
-   (onnxruntime runs it in float on dequantized values), any other unit is skipped.
+   (onnxruntime runs it in float on dequantized values), any other unit is skipped. A range the
+   table lacks for a tensor calibration should have measured (``expected``: a float activation)
+   is a :class:`CalibrationError` naming it, never a silent skip; tensors outside ``expected``
+   (integer shape arithmetic, types unknown before run time) only leave their node float.
 2. Relu/Clip right after a unit with a quantized u8 output is absorbed (the clamp of the
    quantizer is the activation).
 3. Isolated units are dropped until stable: a data-movement unit needs a quantized producer
@@ -23,6 +26,7 @@ import dataclasses
 import onnx
 
 from calibration.qparams import QuantParams, quant_params
+from passes._errors import CalibrationError
 from passes._graph import GraphIndex
 from passes.quantize._policy import PolicyDecision
 from passes.quantize._rules import ABSORBABLE, OpRule, node_label, rule_for
@@ -67,9 +71,22 @@ class Plan:
     float_nodes: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
+def _no_range(tensor: str, node: onnx.NodeProto, role: str, table) -> CalibrationError:
+    held = f"it has ranges for {len(table)} other tensors" if len(table) else "it is empty"
+    return CalibrationError(
+        f"the calibration table has no range for tensor '{tensor}', the {role} of {node.op_type} "
+        f"'{node_label(node)}', which quantization needs ({held}): calibrate this model again (a table must come "
+        "from the same graph), with data that gives this tensor finite values"
+    )
+
+
 def _candidate(node, rule, index: GraphIndex, table, opts, decision: PolicyDecision,
-               fallback: frozenset[str]) -> Unit | str:
-    """A :class:`Unit` or the reason ``node`` stays float."""
+               fallback: frozenset[str], expected: frozenset[str]) -> Unit | str:
+    """A :class:`Unit` or the reason ``node`` stays float.
+
+    Raises:
+        CalibrationError: an input (or quantized output) in ``expected`` has no range.
+    """
     if node.op_type in opts.exclude_ops:
         return "excluded op type"
     if node.name and node.name in opts.exclude_nodes:
@@ -96,11 +113,19 @@ def _candidate(node, rule, index: GraphIndex, table, opts, decision: PolicyDecis
         return "constant operand"
     missing = [a for a in acts if a not in table]
     if missing:
-        return "no calibrated range for an input"
+        needed = [a for a in missing if a in expected]
+        if needed:
+            raise _no_range(needed[0], node, "input", table)
+        return "no calibrated range for an input (not a float activation)"
     outs = [o for o in node.output if o]
     if len(outs) != 1 and not (rule.multi_output and outs and len(outs) == len(node.output)):
         return "more than one output"
-    float_out = any(o in index.graph_outputs or o in decision.float_tensors or o not in table for o in outs)
+    float_out = any(o in index.graph_outputs or o in decision.float_tensors for o in outs)
+    if not float_out:
+        needed = [o for o in outs if o not in table and o in expected]
+        if needed:
+            raise _no_range(needed[0], node, "output", table)
+        float_out = any(o not in table for o in outs)
     if float_out and rule.kind != "compute":
         return "output stays float (graph output or output head)"
     return Unit(node, rule, acts, None if float_out else outs[0], extra=() if float_out else tuple(outs[1:]))
@@ -155,8 +180,15 @@ def _prune_isolated(units: list[Unit], index: GraphIndex) -> list[Unit]:
 
 
 def make_plan(graph: onnx.GraphProto, index: GraphIndex, table, opts, decision: PolicyDecision,
-              *, fallback: frozenset[str] = frozenset()) -> Plan:
-    """Decide the units and tensor parameters of ``graph`` (see the module docstring)."""
+              *, fallback: frozenset[str] = frozenset(), expected: frozenset[str] = frozenset()) -> Plan:
+    """Decide the units and tensor parameters of ``graph`` (see the module docstring).
+
+    ``expected``: the tensors the table should have a range for
+    (:func:`calibration.collect.observed_tensors` of the model).
+
+    Raises:
+        CalibrationError: a tensor in ``expected`` that a unit needs has no range.
+    """
     skipped: collections.Counter = collections.Counter()
     float_nodes: dict[str, str] = {}
     units: list[Unit] = []
@@ -166,7 +198,7 @@ def make_plan(graph: onnx.GraphProto, index: GraphIndex, table, opts, decision: 
             if node.domain not in ("", "ai.onnx"):
                 skipped["custom-domain op"] += 1
             continue
-        got = _candidate(node, rule, index, table, opts, decision, fallback)
+        got = _candidate(node, rule, index, table, opts, decision, fallback, expected)
         if isinstance(got, str):
             skipped[got] += 1
             float_nodes[node_label(node)] = got

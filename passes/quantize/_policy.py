@@ -125,7 +125,6 @@ def _reach(index: GraphIndex, starts: set[str], *, forward: bool) -> set[int]:
 
 
 def _outer_reads(node: onnx.NodeProto) -> list[str]:
-
     names: list[str] = []
     for sub in iter_subgraphs(node):
         names.extend(subgraph_outer_inputs(sub))
@@ -195,13 +194,11 @@ def _gate_chain(index: GraphIndex, x: str, g: str, limit: int = 4) -> list[onnx.
 
 def _int8_gate(chain: list[onnx.NodeProto]) -> bool:
     """Every op of the gate has an int8 kernel of its own (a unary QLinear op, like Sigmoid)."""
-
     return all((r := rule_for(n)) is not None and r.kind == "unary" for n in chain)
 
 
 def _self_gates(index: GraphIndex, graph: onnx.GraphProto, decision: PolicyDecision,
                 *, keep_float: bool | None) -> None:
-
     for node in graph.node:
         if node.op_type != "Mul" or len(node.input) != 2:
             continue

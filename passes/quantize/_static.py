@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 import onnx
 
+from calibration.collect import observed_tensors
 from passes._base import Pass, PassResult, RunContext, Tolerance
 from passes._errors import PreconditionError
 from passes._graph import GraphIndex, opset_version
@@ -30,7 +31,7 @@ from passes.quantize._emit import emit
 from passes.quantize._fallback import quantize_with_fallback
 from passes.quantize._plan import make_plan
 from passes.quantize._rules import node_label
-from passes.quantize._policy import PolicyOptions, decide
+from passes.quantize._policy import PolicyDecision, PolicyOptions, decide
 
 __all__ = ["StaticQuantOptions", "QuantizeStaticPass", "quantize_static"]
 
@@ -90,6 +91,11 @@ def quantize_static(model: onnx.ModelProto, table: Any, options: StaticQuantOpti
         table: a :class:`calibration.table.CalibrationTable` of that model.
         options: what to do.
         extra_float: node labels (name, or ``op:output``) kept float by the data-driven fallback.
+
+    Raises:
+        CalibrationError: ``table`` has no range for a float activation a quantized node needs
+            (an empty table, one made for another graph, or a tensor the data never gave a
+            finite value).
     """
     work = onnx.ModelProto()
     work.CopyFrom(model)
@@ -99,12 +105,9 @@ def quantize_static(model: onnx.ModelProto, table: Any, options: StaticQuantOpti
         raise PreconditionError(f"QuantizeLinear needs opset >= 10, the model has {opset}")
     per_channel = options.per_channel and opset >= 13
     index = GraphIndex.build(graph)
-    decision = decide(graph, index, table, options.policy) if options.policy else None
-    if decision is None:
-        from passes.quantize._policy import PolicyDecision
-        decision = PolicyDecision()
+    decision = decide(graph, index, table, options.policy) if options.policy else PolicyDecision()
     opts = options
-    plan = make_plan(graph, index, table, opts, decision, fallback=extra_float)
+    plan = make_plan(graph, index, table, opts, decision, fallback=extra_float, expected=observed_tensors(work))
     unit_io = [(node_label(u.node), list(u.acts), u.output) for u in plan.units]
     bytes_before = work.ByteSize()
     emitted = emit(graph, index, plan, opts, per_channel=per_channel) if plan.units else collections.Counter()
@@ -156,7 +159,13 @@ class QuantizeStaticPass(Pass):
             raise PreconditionError("the model already has QuantizeLinear/DequantizeLinear nodes")
 
     def apply(self, model: onnx.ModelProto, ctx: RunContext) -> PassResult:
-        """Quantize ``model``; needs ``ctx.calibration`` (a CalibrationTable of this model)."""
+        """Quantize ``model``; needs ``ctx.calibration`` (a CalibrationTable of this model).
+
+        Raises:
+            PreconditionError: no calibration table.
+            CalibrationError: the table has no range for a float activation a quantized node
+                needs (see :func:`quantize_static`): an error, never a silent float node.
+        """
         if ctx.calibration is None:
             raise PreconditionError("static quantization needs a calibration table (--calib or --table)")
         if any(n.op_type == "DequantizeLinear" for n in model.graph.node):

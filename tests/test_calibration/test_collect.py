@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from calibration._augment import chunk_model, infer_tensors, select_tensors
-from calibration.collect import Collector, collect
+from calibration.collect import Collector, collect, observed_tensors
 from calibration.datasets import IterableDataset, SyntheticDataset, input_specs, open_dataset, select_samples
 from passes._errors import CalibrationError, DataError
 
@@ -216,3 +216,41 @@ def test_real_ocr_model_in_several_passes(zoo_model) -> None:
     assert minmax.stats["passes"] == 1 and set(minmax.tensors) == set(table.tensors)
     for name in table.tensors:
         assert minmax.range(name)[0] <= table.range(name)[0] and table.range(name)[1] <= minmax.range(name)[1]
+
+
+# -- a calibration that observed nothing is an error -------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile"])
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_all_nonfinite_data_is_an_error_not_an_empty_table(method: str, value: float) -> None:
+    samples = [{"x": np.full((2, 4), value, np.float32)} for _ in range(3)]
+    with pytest.raises(CalibrationError, match=r"python iterable \(3 samples\) observed no finite value in any of "
+                                               r"its 4 tensors \(first: 'x'\)"):
+        collect(MLP, samples, method=method)
+
+
+def test_one_tensor_without_finite_values_is_left_out_and_counted() -> None:
+    model = onnx.parser.parse_model(
+        """
+        <ir_version: 8, opset_import: ["" : 13]>
+        nan (float[N, 4] x) => (float[N, 4] y)
+        <float one = {1}>
+        {
+            a = Abs(x)
+            n = Neg(a)
+            s = Sub(n, one)
+            y = Sqrt(s)
+        }
+        """
+    )
+    table = collect(model, _samples(2))
+    assert "y" not in table and {"x", "a", "n", "s"} <= set(table.tensors)
+    assert table.stats["skipped"]["no finite values"] == 1
+
+
+def test_observed_tensors_are_the_float_activations_collect_measures() -> None:
+    assert observed_tensors(MLP) == {"x", "m", "h", "y"}  # not the constants w2, k, nor the int64 shape s
+    table = collect(MLP, _samples(2))
+    assert set(table.tensors) == observed_tensors(MLP)
+    assert observed_tensors(BRANCHY) == {"x", "h", "y"}  # not the bool c, nor the branch tensors

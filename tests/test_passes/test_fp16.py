@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import itertools
 import sys
+import types
 from collections.abc import Mapping
 
 import numpy as np
@@ -26,7 +27,7 @@ from onnx.reference import ReferenceEvaluator
 
 from _helpers import assert_equivalent, op_counts, run_ort
 from passes._base import RunContext
-from passes._errors import OnnxSlimError
+from passes._errors import CalibrationError, OnnxSlimError
 from passes.fp16 import FP16_TOLERANCE, ConvertFloat16Pass, Fp16Options, ranges_from
 from passes.fp16._facts import walk_graphs
 from passes.fp16._kernels import ORT_UNSUPPORTED
@@ -574,6 +575,24 @@ def test_ranges_come_from_the_run_context_calibration_table() -> None:
     assert ranges_from(table) == observed
     result = _convert(model, RunContext(calibration=table))
     assert {k["op"] for k in result.stats["kept_fp32"]} == {"Mul", "ReduceSum", "Reshape"}
+
+
+def test_an_empty_calibration_table_is_an_error_not_a_crash() -> None:
+    """A table that observed nothing used to crash ('CalibrationTable' object is not iterable)."""
+    from calibration.table import CalibrationTable
+
+    empty = CalibrationTable("sha", "minmax", 4, {})
+    assert ranges_from(empty) == {}
+    with pytest.raises(CalibrationError, match="holds no tensor ranges"):
+        _convert(_overflow_model(), RunContext(calibration=empty))
+    weights_only = _convert(_overflow_model(), RunContext(calibration=empty), weights_only=True)
+    assert weights_only.stats["mode"] == "weights-only"  # ranges are not used there
+
+
+def test_ranges_from_reads_mappings_and_range_objects() -> None:
+    assert ranges_from({"x": (-1, 2)}) == {"x": (-1.0, 2.0)}
+    assert ranges_from(types.SimpleNamespace(ranges={"a": (0, 1)})) == {"a": (0.0, 1.0)}
+    assert ranges_from(None) == {}
 
 
 def test_mean_reduction_whose_accumulator_would_overflow_is_kept() -> None:

@@ -21,8 +21,7 @@ from _helpers import op_counts, run_ort
 from calibration.collect import collect
 from passes._base import RunContext
 from passes._errors import PreconditionError
-from passes.quantize import (RULES, PolicyOptions, QuantizeStaticPass, StaticQuantOptions,
-                             prepare_for_quantization)
+from passes.quantize import RULES, PolicyOptions, QuantizeStaticPass, StaticQuantOptions
 
 F = TensorProto.FLOAT
 SQNR_FLOOR_DB = 20.0
@@ -432,22 +431,6 @@ def test_custom_domain_node_left_intact():
     producer = {o: n for n in result.model.graph.node for o in n.output}
     assert producer[custom.input[0]].op_type == "DequantizeLinear"  # reads c through its one Q/DQ pair
     assert result.stats["skipped: custom-domain op"] == 1 and result.stats["quantized: Conv"] == 2
-
-
-def test_prepare_upgrades_opset_folds_constants_and_bn():
-    nodes = [helper.make_node("Constant", [], ["W"], value=numpy_helper.from_array(_w(4, 3, 3, 3), "W")),
-             helper.make_node("Conv", ["x", "W"], ["c"], name="conv"),
-             helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["y"])]
-    inits = {"g": np.ones(4, np.float32) * 2, "b": np.zeros(4, np.float32), "m": np.zeros(4, np.float32),
-             "v": np.ones(4, np.float32)}
-    model = _model(nodes, [_vi("x", [1, 3, 5, 5])], [_vi("y", None)], inits, opset=11)
-    prepared, notes = prepare_for_quantization(model)
-    assert op_counts(prepared) == {"Conv": 1}
-    assert any(o.domain in ("", "ai.onnx") and o.version == 13 for o in prepared.opset_import)
-    assert any("opset upgraded 11 -> 13" in n for n in notes)
-    assert model.opset_import[0].version == 11 and len(model.graph.node) == 3  # input untouched
-    feeds = _feeds(model, 1, 0)[0]
-    np.testing.assert_allclose(run_ort(model, feeds)["y"], run_ort(prepared, feeds)["y"], rtol=1e-5, atol=1e-5)
 
 
 def test_rules_table_names_what_ort_fuses():

@@ -11,7 +11,7 @@ import pytest
 from calibration.collect import collect
 from onnxslim.runtime import make_session, run_model, synthesize_feeds
 from passes._base import RunContext
-from passes.quantize import QuantizeStaticPass, StaticQuantOptions, prepare_for_quantization
+from passes.quantize import PrepareForQuantizationPass, QuantizeStaticPass, StaticQuantOptions
 
 SHAPES = {
     "ppocr-det": {"x": (1, 3, 96, 96)},
@@ -26,7 +26,7 @@ SHAPES = {
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SHAPES))
 def test_zoo_model_quantizes_and_runs(zoo_model, name):
-    model, notes = prepare_for_quantization(onnx.load(zoo_model(name)))
+    model = PrepareForQuantizationPass().apply(onnx.load(zoo_model(name)), RunContext()).model
     rng = np.random.default_rng(0)
     feeds = [synthesize_feeds(model, rng=rng, shapes=SHAPES[name]) for _ in range(4)]
     if name == "silero-vad":
