@@ -32,7 +32,7 @@ from onnxslim.report import human_bytes, markdown_table
 from onnxslim.runtime import cast_feeds, make_session, run_model, runnable_feeds
 from onnxslim.summary import parameter_stats
 from onnxslim.validate import ValidationReport, load_metric, validate
-from passes._base import Pass, RunContext
+from passes._base import VERIFY_SAMPLES, Pass, RunContext
 from passes._errors import DataError, NothingToDoError, OnnxSlimError
 from passes._graph import check_names
 
@@ -51,8 +51,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Samples of the user's data (or the calibration data) each pass is verified on.
-VERIFY_SAMPLES = 4
 #: A list in a pass's stats longer than this is shown as counts by op type (names in --json / -v).
 LIST_LIMIT = 12
 
@@ -419,7 +417,9 @@ def run_flow(
     work = plan(original)
     need_feeds = options.verify or options.latency_runs > 0
     feeds, how = _verification_feeds(original, work, options, data) if need_feeds else (None, "")
-    pipeline = run_pipeline(original, work.steps, work.ctx, verify_feeds=feeds if options.verify else None)
+    gate = evaluation is not None and evaluation.max_drop is not None  # then the task metric judges lossy passes
+    pipeline = run_pipeline(original, work.steps, work.ctx, verify_feeds=feeds if options.verify else None,
+                            fidelity=not gate)
     if work.must_change is not None and not any(s.changed for s in pipeline.steps if s.name == work.must_change):
         raise _nothing_to_do(work.must_change, pipeline)
     result = pipeline.model

@@ -24,7 +24,7 @@ import onnx
 from onnxslim.io import check_model
 from onnxslim.runtime import cast_feeds, make_session, run_model
 from onnxslim.validate import tolerance_violation
-from passes._base import Pass, PassResult, RunContext
+from passes._base import STRUCTURAL, Pass, PassResult, RunContext
 from passes._errors import DataError, InvalidModelError, OnnxSlimError, PassError, VerificationError
 
 __all__ = ["ContextStep", "StepReport", "PipelineReport", "run_pipeline"]
@@ -65,12 +65,12 @@ class PipelineReport:
         return {"steps": [dataclasses.asdict(s) | {"stats": dict(s.stats)} for s in self.steps]}
 
 
-def _verify(
-    pass_: Pass,
-    before: onnx.ModelProto,
-    after: onnx.ModelProto,
-    feeds: Sequence[Mapping[str, np.ndarray]],
-) -> str:
+def _verify(pass_: Pass, before: onnx.ModelProto, result: PassResult, feeds: Sequence[Mapping[str, np.ndarray]], *,
+            fidelity: bool) -> str:
+    """Run the pass's input and output on ``feeds``: names, shapes and finiteness always; then
+    the pass's promise (its own :meth:`Pass.verify`, else its tolerance output by output) unless
+    ``fidelity`` is off for a lossy pass (a task metric gate judges it instead)."""
+    after = result.model
     try:
         session = make_session(before, graph_opt="disable")
         reference = [run_model(session, cast_feeds(f, before)) for f in feeds]
@@ -83,9 +83,20 @@ def _verify(
     except OnnxSlimError as err:
         raise VerificationError(f"pass '{pass_.name}' produced a model onnxruntime cannot run: {err}") from err
     for i, (ref, cand) in enumerate(zip(reference, candidate)):
-        problem = tolerance_violation(ref, cand, pass_.tolerance)
+        problem = tolerance_violation(ref, cand, STRUCTURAL)
         if problem:
-            raise VerificationError(f"pass '{pass_.name}' changed the outputs (sample {i}): {problem}")
+            raise VerificationError(f"pass '{pass_.name}' broke the outputs (sample {i}): {problem}")
+    own_check = type(pass_).verify is not Pass.verify
+    if not fidelity and (own_check or pass_.tolerance.min_cosine is not None):
+        return "outputs valid (fidelity judged by the --eval metric)"
+    own = pass_.verify(before, after, feeds, result)
+    if own is NotImplemented:
+        for i, (ref, cand) in enumerate(zip(reference, candidate)):
+            problem = tolerance_violation(ref, cand, pass_.tolerance)
+            if problem:
+                raise VerificationError(f"pass '{pass_.name}' changed the outputs (sample {i}): {problem}")
+    elif own:
+        raise VerificationError(f"pass '{pass_.name}' lost too much: {own}")
     return "passed"
 
 
@@ -120,6 +131,7 @@ def run_pipeline(
     ctx: RunContext,
     *,
     verify_feeds: Sequence[Mapping[str, np.ndarray]] | None = None,
+    fidelity: bool = True,
 ) -> PipelineReport:
     """Run ``passes`` over a copy of ``model``; the caller's model is never modified.
 
@@ -129,6 +141,9 @@ def run_pipeline(
         ctx: the explicit run context handed to each pass.
         verify_feeds: when given, each pass that changed the model is compared with its own
             input on these samples under the pass's tolerance.
+        fidelity: judge lossy passes (int8) by their own promise; off when a task-metric gate
+            judges the result instead (their outputs are still checked for names, shapes and
+            finiteness).
 
     Raises:
         PassError: a pass failed or produced a model that fails ``onnx.checker``; names the
@@ -164,7 +179,7 @@ def run_pipeline(
         elif not verify_feeds:
             raise DataError("verification was requested with no samples")
         else:
-            verified = _verify(pass_, snapshot, work, verify_feeds)
+            verified = _verify(pass_, snapshot, result, verify_feeds, fidelity=fidelity)
         log.debug("pass %s: changed=%s stats=%s (%.2fs)", pass_.name, result.changed, result.stats, seconds)
         steps.append(StepReport(pass_.name, result.changed, dict(result.stats), seconds, verified))
     return PipelineReport(tuple(steps), work)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -23,6 +23,8 @@ import onnx
 __all__ = [
     "Tolerance",
     "EXACT",
+    "STRUCTURAL",
+    "VERIFY_SAMPLES",
     "PassResult",
     "RunContext",
     "Pass",
@@ -55,6 +57,14 @@ class Tolerance:
 #: Rewrites that are exact in real arithmetic (folding, dead code): only float rounding differs.
 EXACT = Tolerance(rtol=1e-4, atol=1e-5)
 
+#: Outputs keep their names, shapes and finiteness; their values are judged elsewhere (a task
+#: metric, or the pass's own :meth:`Pass.verify`).
+STRUCTURAL = Tolerance(min_cosine=-1.0)
+
+#: How many samples of the user's data a pass's promise is judged on. The static int8 fallback
+#: measures the same first samples, so whatever it returns passes the verification.
+VERIFY_SAMPLES = 8
+
 
 @dataclasses.dataclass(frozen=True)
 class PassResult:
@@ -65,11 +75,13 @@ class PassResult:
         changed: whether the model was changed at all; must be ``False`` when nothing was done.
         stats: counters for the report, e.g. ``{"bn_folded": 3}``; skip reasons are counted
             under keys of the form ``"skipped: <reason>"``.
+        details: what the pass's own :meth:`Pass.verify` needs (not reported).
     """
 
     model: onnx.ModelProto
     changed: bool
     stats: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    details: Any = dataclasses.field(default=None, repr=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +120,17 @@ class Pass(abc.ABC):
 
     def check_input(self, model: onnx.ModelProto) -> None:  # noqa: B027 - optional hook
         """Raise :class:`PreconditionError` when this pass cannot run on ``model``."""
+
+    def verify(self, before: onnx.ModelProto, after: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]],
+               result: PassResult) -> str | None:
+        """Why ``after`` breaks this pass's promise on ``feeds``, or ``None`` when it keeps it.
+
+        A pass whose promise is not output-by-output closeness (int8's fidelity floor, measured
+        as its own fallback measures it) overrides this; the default returns ``NotImplemented``
+        and the pipeline compares each output under :attr:`tolerance`. Names, shapes and
+        finiteness are checked by the pipeline either way.
+        """
+        return NotImplemented
 
     @abc.abstractmethod
     def apply(self, model: onnx.ModelProto, ctx: RunContext) -> PassResult:

@@ -36,7 +36,7 @@ from typing import ClassVar
 import numpy as np
 import onnx
 
-from passes._base import Pass, PassResult, RunContext, Tolerance
+from passes._base import STRUCTURAL, Pass, PassResult, RunContext
 from passes._errors import PreconditionError
 from passes.prune._collect import Samples
 from passes.prune._groups import Group
@@ -64,9 +64,6 @@ __all__ = [
     "render_stats",
 ]
 
-#: What pruning promises when verified on random inputs: outputs keep names, shapes and
-#: finiteness; the value itself is judged on real data (``--eval``), not here.
-STRUCTURAL = Tolerance(min_cosine=-1.0)
 
 
 def _check(options: PruneOptions, dataset: object) -> None:

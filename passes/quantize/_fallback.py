@@ -18,6 +18,7 @@ The stats say which nodes fell back and the output SQNR before and after.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -26,7 +27,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-__all__ = ["quantize_with_fallback", "tensor_sqnr"]
+__all__ = ["UnitDetails", "quantize_with_fallback", "tensor_sqnr", "measure", "most_damaging", "fidelity_problem"]
 
 log = logging.getLogger(__name__)
 _ROUNDS = 6
@@ -138,8 +139,60 @@ def _damage(units, sqnr: Mapping[str, float], upstream: set[str]) -> list[tuple[
     return sorted(ranked, key=lambda r: r[0], reverse=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class UnitDetails:
+    """What a static quantization left for judging it: each unit's ``(label, inputs, output)``,
+    the policy's fallback groups, and the output parts (graph outputs, or the tensors a mixed
+    output head concatenates) whose SQNR is the fidelity."""
+
+    unit_io: tuple[tuple[str, tuple[str, ...], str | None], ...]
+    groups: tuple[tuple[str, ...], ...]
+    output_parts: tuple[str, ...]
+
+    @classmethod
+    def from_stats(cls, stats: dict) -> UnitDetails:
+        """Take the planner's entries out of ``stats`` (they are not for the report)."""
+        return cls(tuple((n, tuple(a), o) for n, a, o in stats.pop("unit_io", ())),
+                   tuple(tuple(g) for g in stats.pop("unit_groups", ())),
+                   tuple(stats.pop("output_parts", ())))
+
+
+def measure(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, details: UnitDetails,
+            samples: Iterable[Mapping[str, np.ndarray]]) -> dict[str, float]:
+    """SQNR (dB, summed over ``samples``) of every quantized tensor and every output part."""
+    pairs = _pairs(quant_model)
+    pairs.update({o: o for o in details.output_parts})
+    return tensor_sqnr(float_model, quant_model, pairs, samples)
+
+
+def most_damaging(float_model: onnx.ModelProto, details: UnitDetails, sqnr: Mapping[str, float],
+                  failing: Iterable[str]) -> list[list[str]]:
+    """Units (or fallback groups) upstream of the ``failing`` parts, the most damaging first."""
+    units = _grouped(details.unit_io, details.groups)
+    return [names for _, names in _damage(units, sqnr, _ancestors(float_model, failing))]
+
+
+def fidelity_problem(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, details: UnitDetails,
+                     samples: list[Mapping[str, np.ndarray]], floor: float) -> str | None:
+    """Why ``quant_model`` misses the fidelity floor on ``samples`` (the fallback's own measure:
+    each output part's SQNR, summed over the samples, at least ``floor`` dB), naming the worst
+    part and what to try; ``None`` when every part reaches it."""
+    sqnr = measure(float_model, quant_model, details, samples)
+    parts = {o: sqnr.get(o, math.inf) for o in details.output_parts}
+    failing = [o for o, v in parts.items() if v < floor]
+    if not failing:
+        return None
+    worst = min(failing, key=parts.__getitem__)
+    units = [n for names in most_damaging(float_model, details, sqnr, failing)[:3] for n in names[:1]]
+    hint = " ".join(f"--exclude-node '{n}'" for n in units)
+    return (f"output '{worst}' SQNR {parts[worst]:.1f} dB < {floor:g} dB on {len(samples)} samples; let the task "
+            f"decide with --eval DATA --max-drop X, or keep the most damaging units float"
+            + (f": {hint}" if hint else ""))
+
+
 def quantize_with_fallback(model: onnx.ModelProto, table, options, dataset, *,
-                           quantize: Callable[..., tuple[onnx.ModelProto, dict]]) -> tuple[onnx.ModelProto, dict]:
+                           quantize: Callable[..., tuple[onnx.ModelProto, dict]]
+                           ) -> tuple[onnx.ModelProto, dict, UnitDetails]:
     """Quantize with ``quantize`` (``quantize_static``: passed in, so this module does not import
     the one that calls it), then fall back the most damaging units until outputs reach the SQNR
     target."""
@@ -153,10 +206,9 @@ def quantize_with_fallback(model: onnx.ModelProto, table, options, dataset, *,
     first = None
     for _round in range(_ROUNDS):
         quant, stats = quantize(model, table, options, extra_float=frozenset(extra))
-        outputs = stats["output_parts"]
-        pairs = _pairs(quant)
-        pairs.update({o: o for o in outputs})
-        sqnr = tensor_sqnr(model, quant, pairs, samples)
+        details = UnitDetails.from_stats(stats)
+        outputs = details.output_parts
+        sqnr = measure(model, quant, details, samples)
         failing = [o for o in outputs if sqnr.get(o, math.inf) < options.fallback_min_sqnr]
         worst = min((sqnr[o] for o in outputs if o in sqnr), default=math.inf)
         stats["fallback: output parts SQNR dB"] = {o: round(sqnr.get(o, math.inf), 2) for o in outputs}
@@ -165,10 +217,8 @@ def quantize_with_fallback(model: onnx.ModelProto, table, options, dataset, *,
         limit = int(options.fallback_max_fraction * (stats["nodes_quantized"] + len(extra)))
         if worst >= options.fallback_min_sqnr or len(extra) >= limit:
             break
-        units = _grouped(stats["unit_io"], stats.get("unit_groups", ()))
-        step = max(1, min(limit - len(extra), math.ceil(0.05 * len(units))))
-        ranked = [names for _, names in _damage(units, sqnr, _ancestors(model, failing))
-                  if not set(names) <= extra]
+        step = max(1, min(limit - len(extra), math.ceil(0.05 * len(details.unit_io))))
+        ranked = [names for names in most_damaging(model, details, sqnr, failing) if not set(names) <= extra]
         if not ranked:
             break
         for names in ranked[:step]:
@@ -176,4 +226,4 @@ def quantize_with_fallback(model: onnx.ModelProto, table, options, dataset, *,
     stats["fallback: output SQNR dB before"] = round(first, 2)
     stats["fallback: output SQNR dB after"] = round(worst, 2)
     stats["fallback: nodes kept float"] = sorted(extra)
-    return quant, stats
+    return quant, stats, details
