@@ -19,6 +19,7 @@ same hash while any rewrite of the graph or its weights gives another.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -185,9 +186,12 @@ class CalibrationTable:
         try:
             tmp.write_text(self.to_json() + "\n")
             os.replace(tmp, path)
-        except OSError as err:
-            tmp.unlink(missing_ok=True)
-            raise CalibrationError(f"{path}: cannot write the calibration table ({err.strerror or err})") from err
+        except BaseException as err:  # Ctrl-C too: no temporary file is left behind
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if isinstance(err, OSError):
+                raise CalibrationError(f"{path}: cannot write the calibration table ({err.strerror or err})") from err
+            raise
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, model: onnx.ModelProto | None = None) -> CalibrationTable:

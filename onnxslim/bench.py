@@ -40,8 +40,19 @@ from onnxslim._bench_child import open_runner, run_child
 from onnxslim.cpu import CpuInfo, detect_cpu
 from onnxslim.io import load_model, model_file_size
 from onnxslim.report import human_bytes, markdown_table
-from onnxslim.runtime import GRAPH_OPT_LEVELS, InputSpec, cast_feeds, input_specs, make_session, run_model, synthesize_feeds
-from passes._errors import DataError, OnnxSlimError
+from onnxslim.runtime import (
+    DEFAULT_BATCH,
+    GRAPH_OPT_LEVELS,
+    InputSpec,
+    batch_note,
+    cast_feeds,
+    feed_shapes,
+    input_specs,
+    make_session,
+    run_model,
+    synthesize_feeds,
+)
+from passes._errors import OnnxSlimError
 
 __all__ = ["RUNTIMES", "PERCENTILE_METHOD", "MIN_RUNS_WITH_BUDGET", "BenchOptions", "BenchRow", "BenchReport", "bench", "side_by_side_runs"]
 
@@ -69,7 +80,7 @@ class BenchOptions:
         warmup: untimed runs per combination before timing (``--warmup``), at least 0.
         seconds: time budget of the timed loop (``--seconds``); it stops after the round that
             exceeds it, but not before :data:`MIN_RUNS_WITH_BUDGET` rounds (or ``runs``).
-        batch: value of each input's dynamic first dim (``--batch``).
+        batch: value of each input's dynamic first dim (``--batch``); ``None``: 1, said in a note.
         shapes: whole shapes of inputs by name (``--shape NAME=DIMS``); they win over ``batch``.
         graph_opt: onnxruntime graph optimization level (``--graph-opt``).
         threads: intra-op thread settings, each its own group of rows (``--threads``, repeatable);
@@ -237,7 +248,9 @@ def bench(
         ModelLoadError: a model file is missing or not ONNX.
         OnnxSlimError: the models' inputs differ (the message names the input), or
             onnxruntime cannot load or run a model.
-        DataError: an input has a dynamic dim that neither ``shapes`` nor ``batch`` gives.
+        DataError: an input has a dynamic dim besides the batch that ``shapes`` does not give
+            (every such dim is named, with a ``--shape`` to paste); a dynamic batch dim is
+            ``batch``, else 1, and a note says so.
     """
     options = options or BenchOptions()
     say = progress or (lambda _line: None)
@@ -293,8 +306,8 @@ def _load_models(paths: list[Path], options: BenchOptions, notes: list[str]) -> 
         specs = input_specs(load_model(path))
         out.append(_Model(path, label, _adapt_feeds(feeds, specs, label, labels[0], notes), model_file_size(path)))
     first_dims = [v.shape[0] for v in feeds.values() if v.ndim]
-    batch = options.batch if batched else (first_dims[0] if first_dims else 1)
-    return out, int(batch or 1)
+    batch = (options.batch or DEFAULT_BATCH) if batched else (first_dims[0] if first_dims else 1)
+    return out, int(batch)
 
 
 def _labels(paths: list[Path]) -> list[str]:
@@ -304,30 +317,22 @@ def _labels(paths: list[Path]) -> list[str]:
 
 
 def _feed_shapes(model: Any, options: BenchOptions, notes: list[str]) -> tuple[dict[str, tuple[int, ...]], bool]:
-    """``options.shapes`` plus, for inputs not named there, the batch in a dynamic first dim.
+    """Every input's shape: ``options.shapes``, then the batch (``options.batch``, else
+    :data:`~onnxslim.runtime.DEFAULT_BATCH`, said in a note) in a dynamic first dim.
 
     Returns:
-        The shapes by input name, and whether ``options.batch`` was used.
+        The shapes by input name, and whether some input's dynamic first dim took the batch.
+
+    Raises:
+        DynamicDimsError: other dynamic dims are unset (all named, with a pasteable ``--shape``).
     """
-    shapes = dict(options.shapes)
-    if options.batch is None:
-        return shapes, False
-    applied = False
-    for spec in input_specs(model):
-        if spec.name in shapes or not spec.dims or isinstance(spec.dims[0], int):
-            continue
-        for axis, dim in enumerate(spec.dims[1:], start=1):
-            if not isinstance(dim, int):
-                label = f"'{dim}'" if dim else f"#{axis}"
-                raise DataError(
-                    f"input '{spec.name}' has dynamic dim {label} besides the batch (shape {spec.shape_text()}); "
-                    f"give it with --shape {spec.name}=D1xD2…"
-                )
-        shapes[spec.name] = (options.batch, *spec.dims[1:])
-        applied = True
-    if not applied:
+    batch = options.batch or DEFAULT_BATCH
+    shapes, batched = feed_shapes(model, shapes=options.shapes, batch=batch)
+    if batched and options.batch is None:
+        notes.append(f"{batch_note(batched, batch)}; --batch or --shape chooses")
+    if not batched and options.batch is not None:
         notes.append(f"--batch {options.batch} ignored: no input without --shape has a dynamic first dim")
-    return shapes, applied
+    return shapes, bool(batched)
 
 
 def _adapt_feeds(

@@ -156,6 +156,8 @@ def check_output_path(output: Path, input_path: Path | None = None) -> None:
         refuse_overwrite(output, input_path)
     if output.is_dir():
         raise ModelSaveError(f"{output}: is a folder")
+    if output.parent.exists() and not output.parent.is_dir():
+        raise ModelSaveError(f"{output}: {output.parent} is not a folder")
     if not output.parent.is_dir():
         raise ModelSaveError(f"{output}: folder {output.parent} does not exist")
     if not os.access(output.parent, os.W_OK | os.X_OK):

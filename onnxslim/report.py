@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from onnxslim.runtime import dynamic_dim_labels, example_shape
 from onnxslim.summary import ModelSummary, TensorInfo
 from passes._text import BYTE_UNITS, COUNT_UNITS, markdown_table
 
@@ -106,16 +107,9 @@ def _render_macs(s: ModelSummary) -> str:
     return text + _subgraph_note(s)
 
 
-def _shape_example(shape: _Shape | None) -> str:
-    """``[batch, 3, None, 64]`` -> ``{batch}x3x{d3}x64``: what to write after ``--shape NAME=``."""
-    if not shape:
-        return "D1xD2…"
-    dims = enumerate(shape, 1)
-    return "x".join(str(d) if isinstance(d, int) else "{" + (d or f"d{i}") + "}" for i, d in dims)
-
-
 def _unknown_note(s: ModelSummary) -> str:
-    """Why some MACs are unknown, and what the user can do about it."""
+    """Why some MACs are unknown, and what the user can do about it (a ``--shape`` that can be
+    pasted as printed, with the dynamic dims it sets named)."""
     known = f" Known part: {human_count(s.known_macs)} ({s.known_macs:,})." if s.known_macs else ""
     dynamic = [
         v for v in s.inputs
@@ -127,10 +121,16 @@ def _unknown_note(s: ModelSummary) -> str:
             f"MACs are unknown for {s.macs_unknown_nodes} node(s): shape inference could not "
             f"determine their dims (e.g. shapes computed inside If/Loop or by custom ops).{known}"
         )
-    examples = " ".join(f"--shape {v.name}={_shape_example(v.shape)}" for v in dynamic[:3])
+    named = "; ".join(
+        f"input '{v.name}': " + ("rank unknown" if v.shape is None else ", ".join(dynamic_dim_labels(v.shape)))
+        for v in dynamic[:3]
+    )
+    examples = " ".join(
+        f"--shape {v.name}=" + ("D1xD2…" if v.shape is None else example_shape(v.shape)) for v in dynamic[:3]
+    )
     return (
-        f"MACs are unknown for {s.macs_unknown_nodes} node(s) with dynamic dims; "
-        f"fix them with e.g. {examples}.{known}"
+        f"MACs are unknown for {s.macs_unknown_nodes} node(s) with dynamic dims ({named}).{known} "
+        f"Fix them with e.g.: {examples}"
     )
 
 

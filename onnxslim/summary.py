@@ -32,7 +32,7 @@ import onnx
 import onnx.version_converter
 
 from onnxslim.runtime import input_specs
-from passes._errors import DataError
+from passes._errors import DataError, UsageError
 from passes._graph import is_onnx_domain, iter_subgraphs, opset_version
 
 __all__ = [
@@ -329,12 +329,15 @@ def parameter_stats(model: onnx.ModelProto) -> tuple[ParamStats, ...]:
 
 
 def _check_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> None:
-    """Raise ``DataError`` naming the input when a given shape cannot be that input's."""
+    """Raise ``DataError`` naming the input when a given shape cannot be that input's
+    (``UsageError`` for a dim below 1)."""
     if not shapes:
         return
     specs = {spec.name: spec for spec in input_specs(model)}
     declared = {v.name: v for v in model.graph.input}
     for name, shape in shapes.items():
+        if any(d < 1 for d in shape):
+            raise UsageError(f"--shape {name}: every dim must be at least 1, got {min(shape)}")
         spec = specs.get(name)
         if spec is None:
             known = ", ".join(specs) or "none"
@@ -565,6 +568,7 @@ def summarize(
         The summary; MACs are ``None`` when some dims stay unknown.
 
     Raises:
+        UsageError: a ``shapes`` dim is below 1.
         DataError: ``shapes`` names an unknown input, has the wrong rank, or changes a fixed dim.
         OnnxSlimError: an input is not a tensor while ``shapes`` is given.
     """

@@ -29,7 +29,7 @@ import onnx
 from calibration.datasets import Dataset, IterableDataset, check_class_labels, input_specs, prepare_dataset
 from onnxslim.io import load_model
 from onnxslim.report import markdown_table
-from onnxslim.runtime import make_session, run_model, synthesize_feeds
+from onnxslim.runtime import make_session, run_model, runnable_feeds
 from passes._base import Tolerance
 from passes._errors import DataError, OnnxSlimError
 
@@ -556,10 +556,10 @@ def validate(
     notes: list[str] = []
     if data is None:
         count = samples or 8
-        rng = np.random.default_rng(seed)
-        dataset: Dataset = IterableDataset(synthesize_feeds(ref_model, rng=rng, shapes=shapes) for _ in range(count))
-        dataset.source = "random inputs"
-        notes.append(f"no --data: {count} random samples (standard normal floats); task accuracy is not measured")
+        feeds, how = runnable_feeds(ref_model, shapes=shapes, samples=count, seed=seed)
+        dataset: Dataset = IterableDataset(feeds)
+        dataset.source = how
+        notes.append(f"no --data: {count} {how} (standard normal floats); task accuracy is not measured")
     else:
         dataset = prepare_dataset(data, specs)
     metric_fn, runner = loaded_metric or (load_metric(metric) if metric else (None, None))

@@ -83,14 +83,14 @@ def check_names(
         UnknownNameError: naming the flag, the name and up to three of the closest names.
     """
     found = list(all_nodes(model.graph))
-    for kind, given, known in (("node", nodes, {n.name for n in found if n.name}),
-                               ("op type", ops, {n.op_type for n in found})):
+    for kind, given, known in (("a node", nodes, {n.name for n in found if n.name}),
+                               ("an op type", ops, {n.op_type for n in found})):
         for flag, names in given.items():
             for name in names:
                 if name not in known:
                     near = difflib.get_close_matches(name, sorted(known), n=3)
                     hint = f" (closest: {', '.join(repr(n) for n in near)})" if near else ""
-                    raise UnknownNameError(f"{flag} {name!r} is not a {kind} of the model{hint}")
+                    raise UnknownNameError(f"{flag} {name!r} is not {kind} of the model{hint}")
 
 
 def _graph_defined_names(graph: onnx.GraphProto) -> set[str]:

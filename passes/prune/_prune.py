@@ -241,7 +241,7 @@ def _base_stats(plan: Plan) -> dict[str, Any]:
 
 def _repair(
     work: onnx.ModelProto, reference: onnx.ModelProto, plan: Plan, kept: Mapping[Any, np.ndarray],
-    consumers: list, originals: Mapping[str, np.ndarray], options: PruneOptions,
+    consumers: list, originals: Mapping[str, np.ndarray], options: PruneOptions, progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Mean compensation and (unless switched off) the re-fit, in place; returns their stats."""
     stats: dict[str, Any] = {}
@@ -252,7 +252,7 @@ def _repair(
     if options.reconstruct is not False:
         refit = RefitOptions(ridge=options.ridge, rows=options.refit_rows, seed=options.seed,
                              sequential=options.sequential_refit)
-        fits, reasons = refit_layers(work, reference, consumers, kept, plan.samples, refit)
+        fits, reasons = refit_layers(work, reference, consumers, kept, plan.samples, refit, progress=progress)
         stats["reconstructed"] = len(fits)
         if fits:
             stats["refit_db_min"], stats["refit_db_median"] = round(min(fits), 2), round(float(np.median(fits)), 2)
@@ -271,7 +271,9 @@ def prune_model(
         model: the model (not modified).
         options: what to remove and how to repair.
         dataset: calibration samples (``dict[input name -> array]``), or ``None``.
-        progress: ``progress(label, done, total)`` as the sensitivity probes run.
+        progress: ``progress(label, done, total)`` as the sensitivity probes run ("probing channel
+            groups"; the total is an estimate and may grow) and as the re-fit goes round by
+            round ("re-fitting layers").
     """
     samples = Samples(dataset, options.calib_samples) if dataset is not None else None
     plan = plan_pruning(model, options, samples, progress=progress)
@@ -291,7 +293,7 @@ def prune_model(
     stats["shape_constants_rewritten"] = applied.edits
     stats["initializers_split"] = len(set(applied.renamed.values()))
     if samples is not None:
-        stats.update(_repair(work, reference, plan, applied.kept, consumers, originals, options))
+        stats.update(_repair(work, reference, plan, applied.kept, consumers, originals, options, progress))
     topological_sort(work.graph)  # a MatMul may have got its bias Add appended
     dims_after = infer_dims(work, _input_shapes(work, options, samples))
     stats["params_after"], stats["macs_after"] = count_params(work), total_macs(node_macs(work, dims_after))

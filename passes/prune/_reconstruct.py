@@ -22,7 +22,7 @@ run over the data.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -34,7 +34,10 @@ from passes.prune._lstsq import ChannelFit, DenseFit
 from passes.prune._patches import refit_problem, rows
 from passes.prune._spaces import ChannelSpace, Consumer
 
-__all__ = ["RefitOptions", "compensate_means", "refit_layers"]
+__all__ = ["REFIT_LABEL", "RefitOptions", "compensate_means", "refit_layers"]
+
+#: The progress label of the re-fit (see :attr:`passes._base.RunContext.progress`).
+REFIT_LABEL = "re-fitting layers"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,8 +181,13 @@ def refit_layers(
     kept: Mapping[ChannelSpace, np.ndarray],
     samples: Samples,
     options: RefitOptions,
+    *,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> tuple[list[float], list[str]]:
     """Re-fit each consumer of ``pruned`` to reproduce ``reference``'s output (in place).
+
+    ``progress("re-fitting layers", done, total)`` is called before the first round of layers
+    and after each (``done`` counts the layers of the rounds finished, ``total`` all of them).
 
     Returns:
         The fit of each re-fitted layer (dB, see :func:`_fit_db`) and the reasons for those skipped.
@@ -187,6 +195,9 @@ def refit_layers(
     rng = np.random.default_rng(options.seed)
     fits, skipped = [], []
     rounds = _waves(pruned, consumers) if options.sequential else [list(consumers)]
+    tick = progress or (lambda _label, _done, _total: None)
+    done, total = 0, sum(len(wave) for wave in rounds)
+    tick(REFIT_LABEL, done, total)
     for wave in rounds:
         todo = []
         for c in wave:
@@ -201,4 +212,6 @@ def refit_layers(
             todo.append((c, layer, kept.get(out_space, np.arange(full))))
         if todo:
             fits += _fit_wave(pruned, reference, todo, samples, options, rng, None if options.sequential else kept)
+        done += len(wave)
+        tick(REFIT_LABEL, done, total)
     return fits, skipped

@@ -39,7 +39,10 @@ from passes.prune._groups import Group
 from passes.prune._layers import Layer, conv_strides, current, ensure_bias, from_matrix, layer_of, weight_matrix
 from passes.prune._spaces import Consumer
 
-__all__ = ["FILLS", "channel_moments", "MaskedModel", "Meter"]
+__all__ = ["FILLS", "PROBE_LABEL", "channel_moments", "MaskedModel", "Meter"]
+
+#: The progress label of the sensitivity probes (see :attr:`passes._base.RunContext.progress`).
+PROBE_LABEL = "probing channel groups"
 
 #: How a consumer stands in for removed inputs while probing (see the module docstring).
 FILLS = ("mean", "linear")
@@ -236,5 +239,5 @@ class Meter:
         self.runs += 1
         noise = _noise(self.model.run(self.batches, self.model.feeds(removal)), self.reference)
         if self.progress is not None:  # the probe count is only estimated: the total may grow
-            self.progress("probing channel groups", self.runs, max(self.expected, self.runs))
+            self.progress(PROBE_LABEL, self.runs, max(self.expected, self.runs))
         return noise

@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxslim import bench as bench_module
 from onnxslim.bench import MIN_RUNS_WITH_BUDGET, BenchOptions, BenchReport, bench
 from onnxslim.cpu import CpuInfo, detect_cpu, parse_cpuinfo
+from onnxslim.runtime import feed_shapes, parse_shape_option
 from passes._errors import DataError, ModelLoadError, OnnxSlimError
 
 # The model: x [batch, 256] -> 4 x MatMul(256x256). At batch 64 one run is ~0.3 ms on a 2-core
@@ -196,9 +197,25 @@ def test_fixed_dim_mismatch_names_the_input(models: tuple[Path, Path], tmp_path:
         bench([models[0], fixed], BenchOptions(runs=1, batch=2, isolate=False))
 
 
-def test_dynamic_dim_without_shape_or_batch_names_the_dim(models: tuple[Path, Path]) -> None:
-    with pytest.raises(DataError, match="input 'x' has dynamic dim 'batch'"):
-        bench([models[0]], BenchOptions(runs=1, isolate=False))
+def test_dynamic_batch_defaults_to_one_with_a_note(models: tuple[Path, Path]) -> None:
+    result = bench([models[0]], BenchOptions(runs=1, warmup=0, isolate=False))
+    assert result.inputs == {"x": (1, DIM)} and result.batch == 1
+    assert any("dynamic batch dim set to 1 (input 'x')" in n for n in result.notes)
+    given = bench([models[0]], BenchOptions(runs=1, warmup=0, batch=3, isolate=False))
+    assert given.inputs == {"x": (3, DIM)} and given.batch == 3
+    assert not any("dynamic batch dim" in n for n in given.notes)
+
+
+def test_other_dynamic_dims_are_all_named_with_a_pasteable_shape(tmp_path: Path) -> None:
+    two = matmul_chain(tmp_path / "two.onnx", layers=1, dims=("batch", "seq", "pos", DIM))
+    for options in (BenchOptions(runs=1, isolate=False), BenchOptions(runs=1, batch=2, isolate=False)):
+        with pytest.raises(DataError) as err:
+            bench([two], options)
+        batch = options.batch or 1
+        assert str(err.value) == (f"input 'x' has dynamic dims 'seq', 'pos' (shape {batch}xseqxposx{DIM}): "
+                                  f"give --shape x={batch}x224x224x{DIM}")
+    pasted = parse_shape_option([str(err.value).split("--shape ")[1]])
+    assert feed_shapes(onnx.load(two), shapes=pasted) == ({"x": (2, 224, 224, DIM)}, ())
 
 
 def test_batch_fills_only_the_first_dynamic_dim(tmp_path: Path) -> None:
@@ -207,6 +224,7 @@ def test_batch_fills_only_the_first_dynamic_dim(tmp_path: Path) -> None:
         bench([seq], BenchOptions(runs=1, batch=2, isolate=False))
     result = bench([seq], BenchOptions(runs=1, warmup=0, shapes={"x": (3, 5, DIM)}, isolate=False))
     assert result.inputs == {"x": (3, 5, DIM)} and result.batch == 3
+    assert not any("dynamic batch dim" in n for n in result.notes)
 
 
 def test_batch_on_a_fixed_model_is_ignored_with_a_note(tmp_path: Path) -> None:

@@ -13,8 +13,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from _helpers import run_ort
 from onnxslim.report import human_count, render_summary
+from onnxslim.runtime import parse_shape_option
 from onnxslim.summary import ModelSummary, summarize
-from passes._errors import DataError, OnnxSlimError
+from passes._errors import DataError, OnnxSlimError, UsageError
 
 OPSET = 17
 LENET_PARAMS = 61_706  # 156 + 2,416 + 48,120 + 10,164 + 850
@@ -248,8 +249,28 @@ def test_computed_reshape_resolves_with_fixed_shape(opset):
 
 def test_unknown_note_suggests_shapes_for_dynamic_inputs():
     text = render_summary(summarize(lenet("batch")))
-    assert "unknown for 5 node(s) with dynamic dims" in text
-    assert "--shape input={batch}x1x32x32" in text
+    assert "unknown for 5 node(s) with dynamic dims (input 'input': 'batch')" in text
+    hint = text.rstrip().splitlines()[-1]
+    assert hint.endswith("e.g.: --shape input=1x1x32x32")  # pasteable as printed: nothing after it
+    shapes = parse_shape_option([hint.split("--shape ")[1]])
+    assert summarize(lenet("batch"), shapes=shapes).total_macs == summarize(lenet(1)).total_macs
+
+
+def test_unknown_note_names_every_dynamic_dim_and_suggests_a_pasteable_shape():
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"])]
+    w = _weights(np.random.default_rng(0), "w", 4, 3)
+    graph = helper.make_graph(nodes, "dyn", [_float("x", ["n", None, "rows", 4])], [_float("y", None)], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=8)
+    text = render_summary(summarize(model))
+    assert "(input 'x': 'n', axis 1, 'rows')" in text
+    flag = text.rstrip().splitlines()[-1].split("e.g.: ")[1]
+    assert flag == "--shape x=1x224x224x4"
+    assert summarize(model, shapes=parse_shape_option([flag.split(" ")[1]])).total_macs == 224 * 224 * 4 * 3
+
+
+def test_shape_dims_below_one_are_a_usage_error():
+    with pytest.raises(UsageError, match="every dim must be at least 1, got 0"):
+        summarize(lenet("batch"), shapes={"input": (0, 1, 32, 32)})
 
 
 def test_unknown_note_when_inference_cannot_help():

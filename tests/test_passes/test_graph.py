@@ -8,9 +8,11 @@ import pytest
 from onnx import helper, numpy_helper
 
 from _helpers import assert_equivalent, op_counts, run_ort
+from passes._errors import UnknownNameError, UsageError
 from passes._graph import (
     GraphIndex,
     NameAllocator,
+    check_names,
     opset_version,
     remove_nodes,
     replace_uses,
@@ -203,3 +205,46 @@ def test_opset_version() -> None:
     assert opset_version(model) == 13
     assert opset_version(model, "ai.onnx") == 13
     assert opset_version(model, "com.microsoft") is None
+
+
+def test_check_names_accepts_nodes_and_op_types_of_the_model_and_its_subgraphs() -> None:
+    model = _if_model()
+    model.graph.node[0].name = "neg"
+    model.graph.node[1].attribute[0].g.node[0].name = "then_mul"  # exists only inside an If branch
+    check_names(model, nodes={"--exclude-node": ["neg", "then_mul"]}, ops={"--exclude-op": ["Neg", "Mul", "If"]})
+    check_names(model)  # nothing given: nothing to check
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"nodes": {"--exclude-node": ["neg", "then_mull"]}},
+         "--exclude-node 'then_mull' is not a node of the model (closest: 'then_mul')"),
+        ({"ops": {"--block-op": ["Identity", "Mull"]}},
+         "--block-op 'Mull' is not an op type of the model (closest: 'Mul')"),
+        ({"nodes": {"--block-node": ["zzz"]}}, "--block-node 'zzz' is not a node of the model"),
+        # a node name is not an op type, nor the reverse
+        ({"ops": {"--exclude-op": ["neg"]}}, "--exclude-op 'neg' is not an op type of the model (closest: 'Neg')"),
+        ({"nodes": {"--exclude-node": ["Neg"]}}, "--exclude-node 'Neg' is not a node of the model (closest: 'neg')"),
+    ],
+)
+def test_check_names_refuses_an_unknown_name_naming_the_flag_and_the_closest(kwargs, message) -> None:
+    model = _if_model()
+    model.graph.node[0].name = "neg"
+    model.graph.node[1].attribute[0].g.node[0].name = "then_mul"
+    model.graph.node[1].attribute[1].g.node[0].name = "else_id"
+    with pytest.raises(UnknownNameError) as err:
+        check_names(model, **kwargs)
+    assert str(err.value) == message
+    assert isinstance(err.value, UsageError)
+
+
+def test_check_names_offers_at_most_three_closest_names() -> None:
+    nodes = [helper.make_node("Relu", [f"x{i}" if i else "x"], [f"x{i + 1}"], name=f"/conv{i}/Relu") for i in range(6)]
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("x6", onnx.TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    with pytest.raises(UnknownNameError, match=r"\(closest: '/conv\d/Relu', '/conv\d/Relu', '/conv\d/Relu'\)$"):
+        check_names(model, nodes={"--exclude-node": ["/conv9/Relu"]})
+    with pytest.raises(UnknownNameError, match="^--exclude-node '/conv9/Reluu' is not"):
+        check_names(model, nodes={"--exclude-node": ["/conv1/Relu", "/conv9/Reluu"]})

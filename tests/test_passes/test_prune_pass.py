@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import onnx
 import pytest
@@ -12,6 +14,8 @@ from calibration.datasets import NpzDataset, input_specs
 from onnxslim.pipeline import run_pipeline
 from passes._base import RunContext, Tolerance
 from passes.prune import STRUCTURAL, Analysis, PruneChannelsPass, PruneOptions, analyze, render_stats
+from passes.prune._reconstruct import REFIT_LABEL
+from passes.prune._sensitivity import PROBE_LABEL
 from test_prune_apply import _zero_channels
 from test_prune_models import conv_bn_relu_conv, output_conv, squeeze_excite
 
@@ -124,3 +128,33 @@ def test_stats_of_constant_initializer_model_keep_names(lenet: onnx.ModelProto) 
     names = [t.name for t in result.model.graph.initializer]
     assert names == [t.name for t in lenet.graph.initializer]
     assert numpy_helper.to_array(next(t for t in result.model.graph.initializer if t.name == "fc1.weight")).shape == (60, 200)
+
+
+def test_progress_reports_the_probes_and_the_refit_with_growing_counts() -> None:
+    model = conv_bn_relu_conv()
+    rng = np.random.default_rng(0)
+    calib = [{"x": rng.normal(0, 1, (2, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
+    calls: list[tuple[str, int, int]] = []
+    options = PruneOptions(ratio=0.3, allocation="sensitivity", round_to=1, reconstruct=True)
+    result = PruneChannelsPass(options).apply(model, RunContext(dataset=calib, progress=lambda *c: calls.append(c)))
+    assert result.changed
+    by_label: dict[str, list[tuple[int, int]]] = {}
+    for label, done, total in calls:
+        by_label.setdefault(label, []).append((done, total))
+    assert list(by_label) == [PROBE_LABEL, REFIT_LABEL]  # the probes first, then the re-fit
+    probes = by_label[PROBE_LABEL]
+    assert [d for d, _ in probes] == list(range(1, len(probes) + 1))  # one call per probe run
+    assert len(probes) == result.stats["sensitivity_probes"] and all(d <= t for d, t in probes)
+    refit = by_label[REFIT_LABEL]
+    assert refit[0][0] == 0 and refit[-1][0] == refit[-1][1] > 0  # from nothing to every layer
+    assert all(a[0] < b[0] for a, b in itertools.pairwise(refit))
+
+
+def test_without_progress_nothing_is_called_and_the_result_is_the_same() -> None:
+    model = conv_bn_relu_conv()
+    rng = np.random.default_rng(0)
+    calib = [{"x": rng.normal(0, 1, (2, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
+    options = PruneOptions(ratio=0.3, allocation="sensitivity", round_to=1, reconstruct=True)
+    quiet = PruneChannelsPass(options).apply(model, RunContext(dataset=calib))
+    loud = PruneChannelsPass(options).apply(model, RunContext(dataset=calib, progress=lambda *c: None))
+    assert quiet.model.SerializeToString() == loud.model.SerializeToString()
