@@ -25,16 +25,26 @@ __all__ = ["Calibrate", "calibrate_model"]
 @dataclasses.dataclass(frozen=True)
 class Calibrate(ContextStep):
     """Collect a calibration table on the current model from ``dataset``; later passes get it as
-    ``ctx.calibration`` (and the samples as ``ctx.dataset``)."""
+    ``ctx.calibration`` (and the samples as ``ctx.dataset``).
+
+    ``cache``: a dict shared by the trials of a search, which all prepare the same model the
+    same way: the first trial collects, the others reuse its table (``stats["reused"]``).
+    """
 
     dataset: Dataset
     method: str = "minmax"
     progress: Callable[[int, int], None] | None = None
     name: str = "calibrate"
+    cache: dict[str, Any] | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def update(self, model: onnx.ModelProto, ctx: RunContext) -> tuple[RunContext, Mapping[str, Any]]:
-        table = collect(model, self.dataset, method=self.method, progress=self.progress)
-        stats = {"tensors": len(table), "samples": table.samples, "method": self.method, "data": self.dataset.source}
+        reused = self.cache is not None and "table" in self.cache
+        table = self.cache["table"] if reused else collect(model, self.dataset, method=self.method,
+                                                           progress=self.progress)
+        if self.cache is not None:
+            self.cache["table"] = table
+        stats = {"tensors": len(table), "samples": table.samples, "method": self.method, "data": self.dataset.source,
+                 "reused": reused}
         return dataclasses.replace(ctx, calibration=table, dataset=self.dataset), stats
 
 

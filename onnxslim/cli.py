@@ -25,7 +25,7 @@ from calibration.collect import DEFAULT_BUDGET
 from calibration.images import load_image_spec
 from calibration.observers import ObserverOptions
 from onnxslim.flow import EvalRequest, FlowOptions
-from onnxslim.io import load_model, refuse_overwrite
+from onnxslim.io import check_output_path, load_model
 from onnxslim.quantize import QuantizeSettings
 from passes.fp16 import Fp16Options
 from passes.prune import PruneOptions
@@ -280,19 +280,24 @@ _IMAGE_HELP = ("For a folder of images: preprocessing as key=value pairs (e.g. r
               help="With --method percentile: the share of values the range keeps.")
 @click.option("--budget", "budget_mib", type=click.IntRange(min=16), default=DEFAULT_BUDGET // 2**20, show_default=True,
               help="MiB of exposed tensors per run; above it the tensors are split over several passes of the data.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @_errors_to_exit_code
 def calibrate_cmd(model: Path, calib: Path, output: Path, method: str, samples: int | None, shuffle: bool, seed: int,
-                  image_spec: str | None, percentile: float, budget_mib: int) -> None:
+                  image_spec: str | None, percentile: float, budget_mib: int, as_json: bool) -> None:
     """Run MODEL on calibration data and save the ranges of its tensors (reusable by quantize and fp16)."""
-    refuse_overwrite(output, model)
+    check_output_path(output, model)  # before any work: not the input, its folder exists and is writable
     loaded = load_model(model)
     spec = load_image_spec(image_spec) if image_spec else None
     with _progress("calibrating") as tick:
         table = api.calibrate_model(loaded, calib, method=method, samples=samples, shuffle=shuffle, seed=seed,
                                     image_spec=spec, progress=tick, percentile=percentile,
                                     budget_bytes=budget_mib * 2**20)
-    table.save(output)
-    click.echo(f"{table.summary()}\nwrote {output}")
+    table.save(output)  # atomic: a temporary file in the same folder, then a rename
+    if as_json:
+        click.echo(json.dumps({"summary": table.summary(), "tensors": len(table), "samples": table.samples,
+                               "method": table.method, "stats": dict(table.stats), "output": str(output)}, indent=2))
+    else:
+        click.echo(f"{table.summary()}\nwrote {output}")
 
 
 @main.command("quantize")
@@ -329,8 +334,13 @@ def quantize_cmd(ctx: click.Context, model: Path, output: Path, mode: str, calib
     settings = QuantizeSettings(mode=mode, method=method, samples=samples, per_channel=per_channel, activations=activations,
                                 reduce_range=reduce_range, exclude_ops=exclude_ops, exclude_nodes=exclude_nodes)
     flow = _flow(data, skip_nonfinite, verify, shape, eval_data, metric, max_drop)
-    with _progress("calibrating") as tick:
-        report = api.quantize_file(model, output, settings=settings, calib=calib, table=table, flow=flow, progress=tick)
+    with _stages() as progress:
+        report = api.quantize_file(model, output, settings=settings, calib=calib, table=table, flow=flow,
+                                   progress=progress)
+    if report.search and not report.base.written:
+        click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.render())
+        raise click.ClickException(f"no float set tried met --max-drop {max_drop:g} (best drop "
+                                   f"{min(t.drop for t in report.search):+.4f}); nothing written")
     _finish(report, as_json)
 
 
@@ -392,7 +402,7 @@ def prune_cmd(model: Path, output: Path | None, ratio: float, criterion: str | N
     if report.trials and report.chosen is None:
         click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.render())
         raise click.ClickException(f"no ratio tried met --max-drop {max_drop:g} "
-                                   f"(smallest tried {min(t.ratio for t in report.trials):.3f}); nothing written")
+                                   f"(smallest tried {min(t.setting for t in report.trials):.3f}); nothing written")
     _finish(report, as_json)
 
 
@@ -431,7 +441,8 @@ def validate_cmd(reference: Path, candidate: Path, data: Path | None, samples: i
 @click.option("--runs", type=click.IntRange(min=1), default=100, show_default=True, help="Timed runs per model.")
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed runs per model first.")
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), help="Stop timing after this long (at least 10 rounds).")
-@click.option("--batch", type=click.IntRange(min=1), help="Value of each input's dynamic first dim.")
+@click.option("--batch", type=click.IntRange(min=1),
+              help="Value of each input's dynamic first dim (default 1, said in a note).")
 @click.option("--shape", "shape", multiple=True, help=_SHAPE_HELP)
 @click.option("--graph-opt", type=click.Choice(["disable", "basic", "extended", "all"]), default="all", show_default=True,
               help="onnxruntime graph optimization level.")

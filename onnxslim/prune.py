@@ -21,11 +21,12 @@ from typing import Any
 import onnx
 
 from calibration.datasets import Dataset
-from onnxslim.flow import FlowOptions, PassReport, Plan, open_data, run_flow, write_outcome
+from onnxslim.budget import Trial, drop_of, largest_within
+from onnxslim.flow import FlowOptions, Outcome, PassReport, Plan, open_data, run_flow, write_outcome
 from onnxslim.io import check_output_path, load_model
 from onnxslim.validate import ValidationReport
 from passes._base import RunContext
-from passes._errors import PreconditionError, UsageError
+from passes._errors import UsageError
 from passes._graph import check_names
 from passes.prune import Analysis, PruneChannelsPass, PruneOptions, analyze, render_stats
 from passes.simplify import SimplifyPass
@@ -33,17 +34,7 @@ from passes.simplify import SimplifyPass
 #: ``progress(label, done, total)``: what a long stage has done so far.
 Progress = Callable[[str, int, int], None]
 
-__all__ = ["PruneReport", "Trial", "prune_file", "search_prune", "dry_run"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Trial:
-    """One ratio tried by :func:`search_prune`: its drop (metric headline, else labeled accuracy)
-    and whether every ``--eval`` gate held."""
-
-    ratio: float
-    drop: float
-    passed: bool
+__all__ = ["PruneReport", "prune_file", "search_prune", "dry_run"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +60,8 @@ class PruneReport:
         """JSON-ready form."""
         out = self.base.to_dict()
         if self.trials:
-            out["search"] = [dataclasses.asdict(t) for t in self.trials]
+            out["search"] = [{"ratio": t.setting, "drop": t.drop, "passed": t.passed, "seconds": round(t.seconds, 2)}
+                             for t in self.trials]
         return out
 
     def render(self, *, verbose: bool = False) -> str:
@@ -78,16 +70,16 @@ class PruneReport:
         if self.trials:
             chosen = self.chosen
             lines.append("search (eval data chose the ratio: hold out other data to report accuracy): "
-                         + ", ".join(f"ratio {t.ratio:.3f} drop {t.drop:+.4f} {'ok' if t.passed else 'over'}"
+                         + ", ".join(f"ratio {t.setting:.3f} drop {t.drop:+.4f} {'ok' if t.passed else 'over'}"
                                      for t in self.trials)
-                         + (f"; kept ratio {chosen.ratio:.3f}" if chosen else "; no ratio met the gates, nothing written"))
+                         + (f"; kept ratio {chosen.setting:.3f}" if chosen else "; no ratio met the gates, nothing written"))
         return "\n".join(lines)
 
     @property
     def chosen(self) -> Trial | None:
         """The ratio written by a search: the largest that met the gates."""
         ok = [t for t in self.trials if t.passed]
-        return max(ok, key=lambda t: t.ratio) if ok else None
+        return max(ok, key=lambda t: t.setting) if ok else None
 
 
 def _dataset(model: onnx.ModelProto, calib: str | os.PathLike[str] | Dataset | None, samples: int | None,
@@ -143,14 +135,6 @@ def prune_file(
     return PruneReport(outcome.report)
 
 
-def _drop(validation: ValidationReport | None) -> float:
-    if validation is not None and validation.metric is not None:
-        return validation.metric.drop
-    if validation is not None and validation.accuracy is not None:
-        return validation.accuracy.drop
-    raise PreconditionError("--search needs a drop to measure: give --metric, or labels in the --eval data")
-
-
 def search_prune(
     input_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str],
@@ -182,24 +166,20 @@ def search_prune(
     out = Path(output_path)
     check_output_path(out, Path(input_path))  # fail before any work
     flow = _flow(options, flow)
-    lo, hi, ratio = 0.0, options.ratio, options.ratio
-    trials: list[Trial] = []
-    best = last = None
-    for k in range(steps + 1):
+    last: list[Outcome] = []
+
+    def evaluate(ratio: float) -> Outcome:
         trial = dataclasses.replace(options, ratio=ratio)
-        last = run_flow(input_path, None, _plan(trial, calib, samples, flow, progress), flow)
-        passed = last.report.passed
-        trials.append(Trial(ratio, _drop(last.report.validation), passed))
+        last[:] = [run_flow(input_path, None, _plan(trial, calib, samples, flow, progress), flow)]
+        return last[0]
+
+    def report_trial(trial: Trial, done: int, most: int) -> None:
         if progress is not None:
-            progress(f"search: ratio {ratio:.3f}, drop {trials[-1].drop:+.4f}, "
-                     f"{'within' if passed else 'over'} {evaluation.max_drop:g}", k + 1, steps + 1)
-        if passed:
-            lo, best = ratio, last
-            if k == 0:
-                break
-        else:
-            hi = ratio
-        ratio = (lo + hi) / 2
-    if best is None:
-        return PruneReport(last.report, tuple(trials))
-    return PruneReport(write_outcome(best, out).report, tuple(trials))
+            progress(f"search: ratio {trial.setting:.3f}, drop {trial.drop:+.4f}, "
+                     f"{'within' if trial.passed else 'over'} {evaluation.max_drop:g}", done, most)
+
+    search = largest_within(evaluate, lambda o: (drop_of(o.report.validation), o.report.passed), options.ratio,
+                            steps=steps, progress=report_trial)
+    if search.best is None:
+        return PruneReport(last[0].report, search.trials)
+    return PruneReport(write_outcome(search.best, out).report, search.trials)

@@ -17,7 +17,10 @@ accuracy of both with the ``--max-drop`` gate.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import os
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +31,10 @@ from calibration.datasets import Dataset, IterableDataset
 from calibration.table import CalibrationTable
 from onnxslim.calibrate import Calibrate
 from onnxslim.cpu import detect_cpu
-from onnxslim.flow import FlowOptions, PassReport, Plan, open_data, run_flow
+from onnxslim.budget import Trial, drop_of, largest_within
+from onnxslim.flow import (FlowOptions, LatencyCheck, Outcome, PassReport, Plan, first_samples, open_data, run_flow,
+                           write_outcome)
+from onnxslim.io import check_output_path, load_model
 from onnxslim.fusion import FusionReport, fusion_report
 from onnxslim.runtime import runnable_feeds
 from onnxslim.validate import ValidationReport
@@ -43,6 +49,9 @@ from passes.quantize import (
 )
 
 __all__ = ["QuantizeSettings", "QuantizeReport", "quantize_file", "default_reduce_range"]
+
+#: ``progress(label, done, total)``: what a long stage has done so far.
+Progress = Callable[[str, int, int], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,11 +90,13 @@ class QuantizeReport:
 
     base: PassReport
     fusion: FusionReport
+    search: tuple[Trial, ...] = ()
+    float_units: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
         """Whether the ``--eval`` gates (if any) held (and so the output was written)."""
-        return self.base.passed
+        return self.base.passed and self.base.written if self.search else self.base.passed
 
     @property
     def validation(self) -> ValidationReport | None:
@@ -94,11 +105,25 @@ class QuantizeReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return self.base.to_dict() | {"fusion": self.fusion.to_dict()}
+        out = self.base.to_dict() | {"fusion": self.fusion.to_dict()}
+        if self.search:
+            out["budget_search"] = {"trials": [dataclasses.asdict(t) for t in self.search],
+                                    "float_units": list(self.float_units)}
+        return out
 
     def render(self, *, verbose: bool = False) -> str:
-        """The pass report, then what onnxruntime fused."""
-        return "\n".join([self.base.render(verbose=verbose), f"fusion: {self.fusion.verdict()}"])
+        """The pass report, then what onnxruntime fused, then the budget search."""
+        lines = [self.base.render(verbose=verbose), f"fusion: {self.fusion.verdict()}"]
+        if self.search:
+            tried = ", ".join(f"{t.label}: drop {t.drop:+.4f} {'ok' if t.passed else 'over'} ({t.seconds:.0f} s)"
+                              for t in self.search)
+            kept = (f"kept {len(self.float_units)} units float" if self.base.written
+                    else "no float set tried met --max-drop, nothing written")
+            lines.append(f"budget search ({len(self.search)} evaluations; the eval data chose the float set, so "
+                         f"report accuracy on other data): {tried}; {kept}")
+            if self.float_units and (verbose or len(self.float_units) <= 12):
+                lines.append("  float units: " + ", ".join(self.float_units))
+        return "\n".join(lines)
 
 
 def _table_feeds(model: onnx.ModelProto, table: CalibrationTable, flow: FlowOptions) -> Dataset:
@@ -119,14 +144,52 @@ def _table_feeds(model: onnx.ModelProto, table: CalibrationTable, flow: FlowOpti
     return dataset
 
 
-def _quantize_pass(settings: QuantizeSettings, reduce_range: bool) -> QuantizeDynamicPass | QuantizeStaticPass:
+def _quantize_pass(settings: QuantizeSettings, reduce_range: bool, **static: Any) -> QuantizeDynamicPass | QuantizeStaticPass:
     if settings.mode == "dynamic":
         return QuantizeDynamicPass(options=DynamicQuantOptions(
             per_channel=settings.per_channel, reduce_range=reduce_range,
             exclude_ops=settings.exclude_ops, exclude_nodes=settings.exclude_nodes))
     return QuantizeStaticPass(options=StaticQuantOptions(
         per_channel=settings.per_channel, activations=settings.activations, reduce_range=reduce_range,
-        exclude_ops=settings.exclude_ops, exclude_nodes=settings.exclude_nodes))
+        exclude_ops=settings.exclude_ops, exclude_nodes=settings.exclude_nodes, **static))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """What every plan of one ``quantize`` call shares (a budget search makes several plans)."""
+
+    settings: QuantizeSettings
+    calib: str | os.PathLike[str] | Dataset | None
+    table: str | os.PathLike[str] | None
+    flow: FlowOptions
+    notes: tuple[str, ...]
+    progress: Progress | None
+    cache: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def plan(self, quantize: QuantizeDynamicPass | QuantizeStaticPass) -> Callable[[onnx.ModelProto], Plan]:
+        """The plan of one quantization of the loaded model."""
+        settings, flow = self.settings, self.flow
+
+        def plan(model: onnx.ModelProto) -> Plan:
+            data = None
+            if self.calib is not None:
+                data = open_data(self.calib, model, flag="--calib", limit=settings.samples,
+                                 skip_nonfinite=flow.skip_nonfinite)
+            common = dict(notes=list(self.notes), must_change=quantize.name, describe=fusion_report)
+            if settings.mode == "dynamic":
+                return Plan([quantize], verify_data=data, **common)
+            if self.table is None:
+                tick = None if self.progress is None else functools.partial(self.progress, "calibrating")
+                steps = [PrepareForQuantizationPass(), Calibrate(data, method=settings.method, progress=tick,
+                                                                 cache=self.cache), quantize]
+                return Plan(steps, verify_data=data, **common)
+            loaded = CalibrationTable.load(self.table, model=model)  # made for this model, as given
+            common["notes"].append(f"ranges from {self.table} ({loaded.method})")
+            return Plan([PrepareForQuantizationPass(), quantize], RunContext(calibration=loaded),
+                        verify_data=_table_feeds(model, loaded, flow) if flow.verify and flow.data is None else None,
+                        **common)
+
+        return plan
 
 
 def quantize_file(
@@ -137,9 +200,14 @@ def quantize_file(
     calib: str | os.PathLike[str] | Dataset | None = None,
     table: str | os.PathLike[str] | None = None,
     flow: FlowOptions = FlowOptions(),
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> QuantizeReport:
     """Quantize the model at ``input_path`` to int8 and write it to ``output_path``.
+
+    In static mode with ``flow.evaluation`` and its ``max_drop``, the result is the one an
+    accuracy-budget search picks (:func:`_within_budget`); otherwise the default quantization,
+    with the gate (if any) deciding whether it is written. ``progress(label, done, total)``
+    reports calibration and the search's trials.
 
     Raises:
         UsageError: static mode without ``calib`` or ``table``, or both given.
@@ -151,24 +219,65 @@ def quantize_file(
         raise UsageError("give --calib or --table, not both")
     reduce_range, why = (settings.reduce_range, "reduce-range as requested") if settings.reduce_range is not None \
         else default_reduce_range()
-    quantize = _quantize_pass(settings, reduce_range)
     flow = dataclasses.replace(flow, latency_runs=settings.latency_runs,
                                names={"--exclude-node": settings.exclude_nodes}, ops={"--exclude-op": settings.exclude_ops})
-    def plan(model: onnx.ModelProto) -> Plan:
-        data = None
-        if calib is not None:
-            data = open_data(calib, model, flag="--calib", limit=settings.samples, skip_nonfinite=flow.skip_nonfinite)
-        common = dict(notes=[why], must_change=quantize.name, describe=fusion_report)
-        if settings.mode == "dynamic":
-            return Plan([quantize], verify_data=data, **common)
-        if table is None:
-            steps = [PrepareForQuantizationPass(), Calibrate(data, method=settings.method, progress=progress), quantize]
-            return Plan(steps, verify_data=data, **common)
-        loaded = CalibrationTable.load(table, model=model)  # made for this model, as given
-        common["notes"].append(f"ranges from {table} ({loaded.method})")
-        return Plan([PrepareForQuantizationPass(), quantize], RunContext(calibration=loaded),
-                    verify_data=_table_feeds(model, loaded, flow) if flow.verify and flow.data is None else None,
-                    **common)
-
-    outcome = run_flow(input_path, output_path, plan, flow)
+    job = _Job(settings, calib, table, flow, (why,), progress)
+    evaluation = flow.evaluation
+    if settings.mode == "static" and evaluation is not None and evaluation.max_drop is not None:
+        return _within_budget(input_path, output_path, job, reduce_range)
+    outcome = run_flow(input_path, output_path, job.plan(_quantize_pass(settings, reduce_range)), flow)
     return QuantizeReport(outcome.report, outcome.extra)
+
+
+def _within_budget(input_path: str | os.PathLike[str], output_path: str | os.PathLike[str], job: _Job,
+                   reduce_range: bool) -> QuantizeReport:
+    """The most units in int8 whose metric drop stays within ``max_drop`` on the eval data.
+
+    1. Quantize every unit the policy allows (no SQNR fallback: the metric judges) and rank the
+       units by the SQNR each loses on the calibration samples (one extra run of both models;
+       ``rank_units``); evaluate. Within budget: done, one evaluation.
+    2. Else bisect the number of the most damaging units returned to float
+       (:func:`onnxslim.budget.largest_within` over the count left in int8): about
+       ``log2(units)`` evaluations, calibration collected once and reused.
+    3. Time the chosen model against the input and write it; when no count held, write nothing.
+
+    The eval data chose the float set, so its drop is optimistic: report accuracy on other data.
+    """
+    check_output_path(Path(output_path), Path(input_path))  # before any work
+    trial_flow = dataclasses.replace(job.flow, latency_runs=0)
+
+    def run(keep: tuple[str, ...], rank: bool) -> Outcome:
+        quantize = _quantize_pass(job.settings, reduce_range, fallback_min_sqnr=None, keep_float=keep, rank_units=rank)
+        return run_flow(input_path, None, job.plan(quantize), trial_flow)
+
+    first = run((), True)
+    ranking = [tuple(u["units"]) for u in first.report.step_stats(QuantizeStaticPass.name).get("sensitivity", [])]
+    total = len(ranking)
+    outcomes: dict[int, Outcome] = {total: first}
+
+    def floats(in_int8: float) -> tuple[str, ...]:
+        return tuple(label for names in ranking[: total - int(in_int8)] for label in names)
+
+    def evaluate(in_int8: float) -> Outcome:
+        if int(in_int8) not in outcomes:
+            outcomes[int(in_int8)] = run(floats(in_int8), False)
+        return outcomes[int(in_int8)]
+
+    def said(trial: Trial, done: int, most: int) -> None:
+        if job.progress is not None:
+            job.progress(f"budget: {trial.label}, drop {trial.drop:+.4f}, {'within' if trial.passed else 'over'}",
+                         done, most)
+
+    search = largest_within(evaluate, lambda o: (drop_of(o.report.validation), o.report.passed), total,
+                            steps=max(1, math.ceil(math.log2(total + 1))) + 1, integer=True,
+                            label=lambda k: f"{total - int(k)} of {total} units float", progress=said)
+    if search.best is None:
+        last = outcomes[int(search.trials[-1].setting)]
+        return QuantizeReport(last.report, last.extra, search.trials, ())
+    best = search.best
+    original = load_model(input_path)
+    feed = first_samples(open_data(job.calib, original, flag="--calib", limit=1), 1)[0] if job.calib is not None \
+        else runnable_feeds(original, shapes=job.flow.shapes, samples=1)[0][0]
+    latency = LatencyCheck.measure([original, best.model], feed, runs=job.settings.latency_runs)
+    written = write_outcome(dataclasses.replace(best, report=dataclasses.replace(best.report, latency=latency)), output_path)
+    return QuantizeReport(written.report, best.extra, search.trials, floats(search.best_setting))

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-__all__ = ["UnitDetails", "quantize_with_fallback", "tensor_sqnr", "measure", "most_damaging", "fidelity_problem"]
+__all__ = ["UnitDetails", "quantize_with_fallback", "tensor_sqnr", "measure", "most_damaging", "rank_units", "fidelity_problem"]
 
 log = logging.getLogger(__name__)
 _ROUNDS = 6
@@ -148,13 +148,15 @@ class UnitDetails:
     unit_io: tuple[tuple[str, tuple[str, ...], str | None], ...]
     groups: tuple[tuple[str, ...], ...]
     output_parts: tuple[str, ...]
+    unit_tensors: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_stats(cls, stats: dict) -> UnitDetails:
         """Take the planner's entries out of ``stats`` (they are not for the report)."""
         return cls(tuple((n, tuple(a), o) for n, a, o in stats.pop("unit_io", ())),
                    tuple(tuple(g) for g in stats.pop("unit_groups", ())),
-                   tuple(stats.pop("output_parts", ())))
+                   tuple(stats.pop("output_parts", ())),
+                   tuple(stats.pop("unit_tensors", {}).items()))
 
 
 def measure(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, details: UnitDetails,
@@ -170,6 +172,25 @@ def most_damaging(float_model: onnx.ModelProto, details: UnitDetails, sqnr: Mapp
     """Units (or fallback groups) upstream of the ``failing`` parts, the most damaging first."""
     units = _grouped(details.unit_io, details.groups)
     return [names for _, names in _damage(units, sqnr, _ancestors(float_model, failing))]
+
+
+def rank_units(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, details: UnitDetails,
+               samples: Iterable[Mapping[str, np.ndarray]]) -> list[tuple[list[str], float]]:
+    """Every unit (or fallback group) with the SQNR it loses (dB: its inputs' SQNR minus its
+    output's, capped as in the fallback), the most damaging first; ties by name.
+
+    Unlike the fallback's ranking, a unit whose output stays float (a head feeding a graph
+    output) is ranked too, by the float tensor it writes: it still computes on int8 inputs and
+    weights.
+    """
+    written = dict(details.unit_tensors)
+    pairs = _pairs(quant_model)
+    pairs.update({o: o for o in details.output_parts})
+    pairs.update({t: t for t in written.values() if t not in pairs})
+    sqnr = tensor_sqnr(float_model, quant_model, pairs, samples)
+    units = [(label, acts, out or written.get(label)) for label, acts, out in details.unit_io]
+    ranked = [(names, loss) for loss, names in _damage(_grouped(units, details.groups), sqnr, set(sqnr) | set(written.values()))]
+    return sorted(ranked, key=lambda r: (-r[1], r[0]))
 
 
 def fidelity_problem(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, details: UnitDetails,
@@ -202,7 +223,7 @@ def quantize_with_fallback(model: onnx.ModelProto, table, options, dataset, *,
         if i >= options.fallback_samples:
             break
         samples.append({k: np.asarray(v) for k, v in s.items()})
-    extra: set[str] = set()
+    extra: set[str] = set(options.keep_float)
     first = None
     for _round in range(_ROUNDS):
         quant, stats = quantize(model, table, options, extra_float=frozenset(extra))

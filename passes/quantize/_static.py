@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -29,7 +30,7 @@ from passes._base import VERIFY_SAMPLES, Pass, PassResult, RunContext, Tolerance
 from passes._errors import PreconditionError
 from passes._graph import GraphIndex, opset_version
 from passes.quantize._emit import emit
-from passes.quantize._fallback import UnitDetails, fidelity_problem, quantize_with_fallback
+from passes.quantize._fallback import UnitDetails, fidelity_problem, quantize_with_fallback, rank_units
 from passes.quantize._plan import make_plan
 from passes.quantize._rules import node_label
 from passes.quantize._policy import PolicyDecision, PolicyOptions, decide
@@ -64,6 +65,11 @@ class StaticQuantOptions:
             latency of onnxruntime's int8) and on ppocr-det lowered F1.
         fallback_samples: samples of the context's dataset used by the fallback.
         fallback_max_fraction: at most this fraction of the units may fall back.
+        keep_float: unit labels (node name, or ``op:output``) kept float from the start (an
+            accuracy-budget search chooses them).
+        rank_units: with data in the context, measure on its first ``fallback_samples`` samples
+            the SQNR each unit loses and list every unit, most damaging first, in the stats
+            (``sensitivity``): the order an accuracy-budget search returns units to float.
     """
 
     per_channel: bool = True
@@ -75,12 +81,15 @@ class StaticQuantOptions:
     fallback_min_sqnr: float | None = 5.0
     fallback_samples: int = VERIFY_SAMPLES
     fallback_max_fraction: float = 0.25
+    keep_float: tuple[str, ...] = ()
+    rank_units: bool = False
 
     def __post_init__(self) -> None:
         if self.activations not in ("u8", "s8"):
             raise ValueError(f"activations must be 'u8' or 's8', got {self.activations!r}")
         object.__setattr__(self, "exclude_ops", tuple(self.exclude_ops))
         object.__setattr__(self, "exclude_nodes", tuple(self.exclude_nodes))
+        object.__setattr__(self, "keep_float", tuple(self.keep_float))
 
 
 def quantize_static(model: onnx.ModelProto, table: Any, options: StaticQuantOptions,
@@ -110,6 +119,8 @@ def quantize_static(model: onnx.ModelProto, table: Any, options: StaticQuantOpti
     opts = options
     plan = make_plan(graph, index, table, opts, decision, fallback=extra_float, expected=observed_tensors(work))
     unit_io = [(node_label(u.node), list(u.acts), u.output) for u in plan.units]
+    # a unit whose output stays float is judged by the float tensor it writes (same name in both)
+    unit_tensors = {node_label(u.node): u.output or u.node.output[0] for u in plan.units}
     bytes_before = work.ByteSize()
     emitted = emit(graph, index, plan, opts, per_channel=per_channel) if plan.units else collections.Counter()
     stats: dict[str, Any] = {
@@ -130,6 +141,7 @@ def quantize_static(model: onnx.ModelProto, table: Any, options: StaticQuantOpti
     stats["float_nodes"] = dict(plan.float_nodes)
     stats["quantized_nodes"] = [name for name, _, _ in unit_io]
     stats["unit_io"] = unit_io
+    stats["unit_tensors"] = unit_tensors
     stats["output_parts"] = list(decision.output_parts) or [o.name for o in graph.output]
     stats["unit_groups"] = [list(g) for g in decision.groups]
     for name, reason in plan.float_nodes.items():
@@ -177,8 +189,12 @@ class QuantizeStaticPass(Pass):
             out, stats, details = quantize_with_fallback(model, ctx.calibration, opts, ctx.dataset,
                                                          quantize=quantize_static)
         else:
-            out, stats = quantize_static(model, ctx.calibration, opts)
+            out, stats = quantize_static(model, ctx.calibration, opts, extra_float=frozenset(opts.keep_float))
             details = UnitDetails.from_stats(stats)
+        if opts.rank_units and ctx.dataset is not None and stats["nodes_quantized"]:
+            samples = list(itertools.islice(ctx.dataset, opts.fallback_samples))
+            stats["sensitivity"] = [{"units": names, "loss_db": round(loss, 2)}
+                                    for names, loss in rank_units(model, out, details, samples)]
         return PassResult(out, stats["nodes_quantized"] > 0, stats, details)
 
     def verify(self, before: onnx.ModelProto, after: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]],
