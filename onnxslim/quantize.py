@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import math
 import os
+import time
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any
@@ -250,7 +251,9 @@ def _within_budget(input_path: str | os.PathLike[str], output_path: str | os.Pat
         quantize = _quantize_pass(job.settings, reduce_range, fallback_min_sqnr=None, keep_float=keep, rank_units=rank)
         return run_flow(input_path, None, job.plan(quantize), trial_flow)
 
+    started = time.perf_counter()
     first = run((), True)
+    first_seconds = time.perf_counter() - started
     ranking = [tuple(u["units"]) for u in first.report.step_stats(QuantizeStaticPass.name).get("sensitivity", [])]
     total = len(ranking)
     outcomes: dict[int, Outcome] = {total: first}
@@ -271,13 +274,14 @@ def _within_budget(input_path: str | os.PathLike[str], output_path: str | os.Pat
     search = largest_within(evaluate, lambda o: (drop_of(o.report.validation), o.report.passed), total,
                             steps=max(1, math.ceil(math.log2(total + 1))) + 1, integer=True,
                             label=lambda k: f"{total - int(k)} of {total} units float", progress=said)
+    trials = (dataclasses.replace(search.trials[0], seconds=first_seconds), *search.trials[1:])  # run before the search
     if search.best is None:
-        last = outcomes[int(search.trials[-1].setting)]
-        return QuantizeReport(last.report, last.extra, search.trials, ())
+        last = outcomes[int(trials[-1].setting)]
+        return QuantizeReport(last.report, last.extra, trials, ())
     best = search.best
     original = load_model(input_path)
     feed = first_samples(open_data(job.calib, original, flag="--calib", limit=1), 1)[0] if job.calib is not None \
         else runnable_feeds(original, shapes=job.flow.shapes, samples=1)[0][0]
     latency = LatencyCheck.measure([original, best.model], feed, runs=job.settings.latency_runs)
     written = write_outcome(dataclasses.replace(best, report=dataclasses.replace(best.report, latency=latency)), output_path)
-    return QuantizeReport(written.report, best.extra, search.trials, floats(search.best_setting))
+    return QuantizeReport(written.report, best.extra, trials, floats(search.best_setting))
