@@ -318,21 +318,25 @@ def calibrate_cmd(model: Path, calib: Path, output: Path, method: str, samples: 
               help="7-bit weights (for CPUs without VNNI). Default: decided from this CPU, and said in the output.")
 @click.option("--exclude-op", "exclude_ops", multiple=True, metavar="OP", help="Never quantize this op type (repeatable).")
 @click.option("--exclude-node", "exclude_nodes", multiple=True, metavar="NAME", help="Never quantize this node (repeatable).")
+@click.option("--report-errors", type=click.Path(path_type=Path), metavar="FILE.json",
+              help="Static mode with --calib: write where int8 loses (SQNR of every quantized tensor, each unit's "
+                   "loss and its effect when it alone is int8) as JSON, and as Markdown beside it (FILE.md).")
 @_eval_options
 @_flow_options
 @click.pass_context
 @_errors_to_exit_code
 def quantize_cmd(ctx: click.Context, model: Path, output: Path, mode: str, calib: Path | None, table: Path | None,
                  method: str, samples: int | None, per_channel: bool, activations: str, reduce_range: bool | None,
-                 exclude_ops: tuple[str, ...], exclude_nodes: tuple[str, ...], eval_data: Path | None, metric: str | None,
-                 max_drop: float | None, data: Path | None, skip_nonfinite: bool, verify: bool, shape: tuple[str, ...],
-                 as_json: bool) -> None:
+                 exclude_ops: tuple[str, ...], exclude_nodes: tuple[str, ...], report_errors: Path | None,
+                 eval_data: Path | None, metric: str | None, max_drop: float | None, data: Path | None,
+                 skip_nonfinite: bool, verify: bool, shape: tuple[str, ...], as_json: bool) -> None:
     """Quantize MODEL to int8 and report size, fused int8 nodes, latency and (with --eval) accuracy."""
     source = ctx.get_parameter_source("activations")
     if mode == "dynamic" and source is not None and source.name == "COMMANDLINE":
         raise click.UsageError("--activations applies to static mode; dynamic activations are always u8")
     settings = QuantizeSettings(mode=mode, method=method, samples=samples, per_channel=per_channel, activations=activations,
-                                reduce_range=reduce_range, exclude_ops=exclude_ops, exclude_nodes=exclude_nodes)
+                                reduce_range=reduce_range, exclude_ops=exclude_ops, exclude_nodes=exclude_nodes,
+                                report_errors=report_errors)
     flow = _flow(data, skip_nonfinite, verify, shape, eval_data, metric, max_drop)
     with _stages() as progress:
         report = api.quantize_file(model, output, settings=settings, calib=calib, table=table, flow=flow,

@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError
 
 from passes._errors import InvalidModelError, ModelLoadError, ModelSaveError
 
-__all__ = ["load_model", "save_model", "refuse_overwrite", "check_output_path", "check_model", "model_file_size", "PROTO_LIMIT"]
+__all__ = ["load_model", "save_model", "write_text_atomically", "refuse_overwrite", "check_output_path", "check_model", "model_file_size", "PROTO_LIMIT"]
 
 #: Largest protobuf that can be serialized in one piece; above it weights go to external data.
 PROTO_LIMIT = 2**31 - 1
@@ -162,6 +162,27 @@ def check_output_path(output: Path, input_path: Path | None = None) -> None:
         raise ModelSaveError(f"{output}: folder {output.parent} does not exist")
     if not os.access(output.parent, os.W_OK | os.X_OK):
         raise ModelSaveError(f"{output}: folder {output.parent} is not writable")
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename (a
+    failure or Ctrl-C leaves the old file, if any, and no temporary file).
+
+    Raises:
+        ModelSaveError: the folder is missing or the write failed.
+    """
+    check_output_path(path)
+    try:
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+            staged = Path(handle.name)
+            handle.write(text)
+        os.replace(staged, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError, UnboundLocalError):
+            staged.unlink()
+        if isinstance(err, OSError):
+            raise ModelSaveError(f"{path}: cannot write ({_one_line(err)})") from err
+        raise
 
 
 def save_model(

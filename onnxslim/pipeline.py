@@ -51,6 +51,7 @@ class StepReport:
     stats: Mapping[str, Any]
     seconds: float
     verified: str  # "passed", "not requested", "unchanged", or "not a rewrite" (a context step)
+    details: Any = dataclasses.field(default=None, repr=False, compare=False)  # the pass's own, not reported
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +63,8 @@ class PipelineReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (without the model)."""
-        return {"steps": [dataclasses.asdict(s) | {"stats": dict(s.stats)} for s in self.steps]}
+        return {"steps": [{"name": s.name, "changed": s.changed, "stats": dict(s.stats), "seconds": s.seconds,
+                           "verified": s.verified} for s in self.steps]}
 
 
 def _verify(pass_: Pass, before: onnx.ModelProto, result: PassResult, feeds: Sequence[Mapping[str, np.ndarray]], *,
@@ -181,5 +183,5 @@ def run_pipeline(
         else:
             verified = _verify(pass_, snapshot, result, verify_feeds, fidelity=fidelity)
         log.debug("pass %s: changed=%s stats=%s (%.2fs)", pass_.name, result.changed, result.stats, seconds)
-        steps.append(StepReport(pass_.name, result.changed, dict(result.stats), seconds, verified))
+        steps.append(StepReport(pass_.name, result.changed, dict(result.stats), seconds, verified, result.details))
     return PipelineReport(tuple(steps), work)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import os
 import time
@@ -35,12 +36,13 @@ from onnxslim.cpu import detect_cpu
 from onnxslim.budget import Trial, drop_of, largest_within
 from onnxslim.flow import (FlowOptions, LatencyCheck, Outcome, PassReport, Plan, first_samples, open_data, run_flow,
                            write_outcome)
-from onnxslim.io import check_output_path, load_model
+from onnxslim.io import check_output_path, load_model, write_text_atomically
 from onnxslim.fusion import FusionReport, fusion_report
 from onnxslim.runtime import runnable_feeds
 from onnxslim.validate import ValidationReport
+from passes.quantize._diagnose import render_error_report
 from passes._base import RunContext
-from passes._errors import DataError, UsageError
+from passes._errors import CalibrationError, DataError, UsageError
 from passes.quantize import (
     DynamicQuantOptions,
     PrepareForQuantizationPass,
@@ -68,10 +70,13 @@ class QuantizeSettings:
     exclude_ops: tuple[str, ...] = ()
     exclude_nodes: tuple[str, ...] = ()
     latency_runs: int = 30
+    report_errors: Path | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("static", "dynamic"):
             raise UsageError(f"--mode must be static or dynamic, not {self.mode!r}")
+        if self.report_errors is not None and self.mode != "static":
+            raise UsageError("--report-errors applies to static mode (dynamic activations have no fixed ranges)")
 
 
 def default_reduce_range() -> tuple[bool, str]:
@@ -223,11 +228,32 @@ def quantize_file(
     flow = dataclasses.replace(flow, latency_runs=settings.latency_runs,
                                names={"--exclude-node": settings.exclude_nodes}, ops={"--exclude-op": settings.exclude_ops})
     job = _Job(settings, calib, table, flow, (why,), progress)
+    if settings.report_errors is not None:
+        check_output_path(Path(settings.report_errors))  # before any work
     evaluation = flow.evaluation
     if settings.mode == "static" and evaluation is not None and evaluation.max_drop is not None:
         return _within_budget(input_path, output_path, job, reduce_range)
-    outcome = run_flow(input_path, output_path, job.plan(_quantize_pass(settings, reduce_range)), flow)
+    diagnose = {"report_errors": True} if settings.report_errors is not None else {}
+    outcome = run_flow(input_path, output_path, job.plan(_quantize_pass(settings, reduce_range, **diagnose)), flow)
+    _write_error_report(outcome, settings.report_errors)
     return QuantizeReport(outcome.report, outcome.extra)
+
+
+def _write_error_report(outcome: Outcome, path: Path | None) -> None:
+    """Write the error report (JSON at ``path``, Markdown beside it) when one was asked for.
+
+    It is written whether or not a gate let the model be written: it says where int8 loses.
+    """
+    if path is None:
+        return
+    step = next((s for s in outcome.report.pipeline.steps if s.name == QuantizeStaticPass.name), None)
+    errors = getattr(step.details, "errors", None) if step is not None else None
+    if errors is None:
+        raise CalibrationError("--report-errors needs calibration samples (--calib): the table alone has none")
+    path = Path(path)
+    markdown = path.with_suffix(".md") if path.suffix == ".json" else path.with_name(path.name + ".md")
+    write_text_atomically(path, json.dumps(errors, indent=2) + "\n")
+    write_text_atomically(markdown, render_error_report(errors))
 
 
 def _within_budget(input_path: str | os.PathLike[str], output_path: str | os.PathLike[str], job: _Job,
@@ -248,11 +274,13 @@ def _within_budget(input_path: str | os.PathLike[str], output_path: str | os.Pat
     trial_flow = dataclasses.replace(job.flow, latency_runs=0)
 
     def run(keep: tuple[str, ...], rank: bool) -> Outcome:
-        quantize = _quantize_pass(job.settings, reduce_range, fallback_min_sqnr=None, keep_float=keep, rank_units=rank)
+        quantize = _quantize_pass(job.settings, reduce_range, fallback_min_sqnr=None, keep_float=keep, rank_units=rank,
+                                  report_errors=rank and job.settings.report_errors is not None)
         return run_flow(input_path, None, job.plan(quantize), trial_flow)
 
     started = time.perf_counter()
     first = run((), True)
+    _write_error_report(first, job.settings.report_errors)  # where the all-int8 model loses
     first_seconds = time.perf_counter() - started
     ranking = [tuple(u["units"]) for u in first.report.step_stats(QuantizeStaticPass.name).get("sensitivity", [])]
     total = len(ranking)

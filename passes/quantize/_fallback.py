@@ -149,6 +149,7 @@ class UnitDetails:
     groups: tuple[tuple[str, ...], ...]
     output_parts: tuple[str, ...]
     unit_tensors: tuple[tuple[str, str], ...] = ()
+    errors: dict | None = None  # the error report, when asked for (passes.quantize._diagnose)
 
     @classmethod
     def from_stats(cls, stats: dict) -> UnitDetails:

@@ -23,6 +23,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+import numpy as np
 import onnx
 
 from calibration.collect import observed_tensors
@@ -30,6 +31,7 @@ from passes._base import VERIFY_SAMPLES, Pass, PassResult, RunContext, Tolerance
 from passes._errors import PreconditionError
 from passes._graph import GraphIndex, opset_version
 from passes.quantize._emit import emit
+from passes.quantize._diagnose import error_report
 from passes.quantize._fallback import UnitDetails, fidelity_problem, quantize_with_fallback, rank_units
 from passes.quantize._plan import make_plan
 from passes.quantize._rules import node_label
@@ -70,6 +72,9 @@ class StaticQuantOptions:
         rank_units: with data in the context, measure on its first ``fallback_samples`` samples
             the SQNR each unit loses and list every unit, most damaging first, in the stats
             (``sensitivity``): the order an accuracy-budget search returns units to float.
+        report_errors: with data in the context, build the per-tensor and per-unit error report
+            (:mod:`passes.quantize._diagnose`, one extra quantization per unit) into the
+            result's ``details.errors``.
     """
 
     per_channel: bool = True
@@ -83,6 +88,7 @@ class StaticQuantOptions:
     fallback_max_fraction: float = 0.25
     keep_float: tuple[str, ...] = ()
     rank_units: bool = False
+    report_errors: bool = False
 
     def __post_init__(self) -> None:
         if self.activations not in ("u8", "s8"):
@@ -191,10 +197,17 @@ class QuantizeStaticPass(Pass):
         else:
             out, stats = quantize_static(model, ctx.calibration, opts, extra_float=frozenset(opts.keep_float))
             details = UnitDetails.from_stats(stats)
-        if opts.rank_units and ctx.dataset is not None and stats["nodes_quantized"]:
-            samples = list(itertools.islice(ctx.dataset, opts.fallback_samples))
+        samples = [] if ctx.dataset is None else list(itertools.islice(ctx.dataset, opts.fallback_samples))
+        if opts.rank_units and samples and stats["nodes_quantized"]:
             stats["sensitivity"] = [{"units": names, "loss_db": round(loss, 2)}
                                     for names, loss in rank_units(model, out, details, samples)]
+        if opts.report_errors and samples and stats["nodes_quantized"]:
+            alone = dataclasses.replace(opts, fallback_min_sqnr=None, keep_float=())
+
+            def only(floats: frozenset[str]) -> onnx.ModelProto:
+                return quantize_static(model, ctx.calibration, alone, extra_float=floats)[0]
+
+            details = dataclasses.replace(details, errors=error_report(model, out, details, samples, alone=only))
         return PassResult(out, stats["nodes_quantized"] > 0, stats, details)
 
     def verify(self, before: onnx.ModelProto, after: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]],
