@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -22,11 +23,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from passes._base import VERIFY_SAMPLES
 from passes._graph import topological_sort
 from passes._errors import PreconditionError
 from passes.prune._allocate import Allocation, allocate
 from passes.prune._apply import apply_removal
-from passes.prune._collect import Samples, channel_stats, pick_batch
+from passes.prune._collect import Samples, TensorRunner, channel_stats, pick_batch
 from passes.prune._context import Dims, GraphContext, infer_dims
 from passes.prune._cost import count_params, group_cost, node_macs, total_macs
 from passes.prune._groups import GroupSet, build_groups
@@ -34,6 +36,9 @@ from passes.prune._importance import group_scores, plan_removal
 from passes.prune._options import PruneOptions
 from passes.prune._reconstruct import RefitOptions, compensate_means, refit_layers
 from passes.prune._sensitivity import MaskedModel, Meter, channel_moments
+
+#: The SQNR reported for outputs that did not change at all.
+SQNR_CAP = 200.0
 
 #: ``progress(label, done, total)``: what a long stage has done so far.
 Progress = Callable[[str, int, int], None]
@@ -192,6 +197,29 @@ def _by_sensitivity(
                     max_ratio=options.max_ratio, levels=options.sensitivity_levels)
 
 
+def measured_sqnr(reference: onnx.ModelProto, pruned: onnx.ModelProto, samples: Samples) -> float | None:
+    """The pruned model's fidelity: the SQNR (dB) of its outputs against the unpruned model's,
+    each float output's energies summed over ``samples``, the worst output counting; ``None``
+    when no output is float."""
+    outputs = [o.name for o in reference.graph.output]
+    ref_run, got_run = TensorRunner(reference, outputs), TensorRunner(pruned, outputs)
+    signal: dict[str, float] = {}
+    noise: dict[str, float] = {}
+    for sample in samples.singles():
+        ref, got = ref_run.run(sample), got_run.run(sample)
+        for name in outputs:
+            r = np.asarray(ref[name])
+            if r.dtype.kind != "f":
+                continue
+            r = r.astype(np.float64)
+            signal[name] = signal.get(name, 0.0) + float(np.sum(r * r))
+            noise[name] = noise.get(name, 0.0) + float(np.sum((r - np.asarray(got[name], np.float64)) ** 2))
+    if not signal:
+        return None
+    worst = min(10 * math.log10(max(signal[n], 1e-30) / noise[n]) if noise[n] > 0 else SQNR_CAP for n in signal)
+    return round(min(worst, SQNR_CAP), 2)
+
+
 def _why_nothing(plan: Plan) -> dict[str, int]:
     """``skipped: <reason>`` counts for a plan that removes nothing: why each group kept its channels."""
     reasons: dict[str, int] = {}
@@ -295,6 +323,9 @@ def prune_model(
     if samples is not None:
         stats.update(_repair(work, reference, plan, applied.kept, consumers, originals, options, progress))
     topological_sort(work.graph)  # a MatMul may have got its bias Add appended
+    if samples is not None:  # the written model's fidelity, measured (not the probes' prediction)
+        stats["output_sqnr_db"] = measured_sqnr(reference, work, samples.head(VERIFY_SAMPLES))
+        stats["fidelity_samples"] = sum(1 for _ in samples.head(VERIFY_SAMPLES).singles())
     dims_after = infer_dims(work, _input_shapes(work, options, samples))
     stats["params_after"], stats["macs_after"] = count_params(work), total_macs(node_macs(work, dims_after))
     stats["groups"] = rows

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import onnx
@@ -101,3 +102,20 @@ def test_search_needs_eval_max_drop_and_something_to_measure(lenet_path: Path, t
     monkeypatch.setattr(onnxslim.prune, "run_flow", no_trial)  # refused before the first trial
     result = _search(lenet_path, tmp_path / "missing" / "p.onnx", "--max-drop", "0.01")
     assert result.exit_code == 1 and "does not exist" in result.output, result.output
+
+
+def test_printed_fidelity_is_the_written_models_measured_one(lenet_path: Path, tmp_path: Path) -> None:
+    """The SQNR prune prints is the written model's on the calibration samples it names: the same
+    figure `validate` measures on those samples; a low one warns and names --search."""
+    from onnxslim.validate import validate
+
+    calib = lenet_path.parent / "lenet5_digits_calib.npz"
+    out = tmp_path / "p.onnx"
+    result = CliRunner().invoke(main, ["prune", str(lenet_path), "-o", str(out), "--calib", str(calib), "--ratio", "0.5"])
+    assert result.exit_code == 0, result.output
+    match = re.search(r"measured on (\d+) calibration samples \(after the re-fit\): output SQNR ([\d.]+) dB", result.stdout)
+    assert match, result.stdout
+    check = validate(lenet_path, out, data=calib, samples=int(match.group(1)))
+    assert abs(check.outputs[0].sqnr_db - float(match.group(2))) < 0.05
+    warned = "WARNING: below 20 dB" in result.stdout
+    assert warned == (float(match.group(2)) < 20) and (not warned or "--search" in result.stdout)
