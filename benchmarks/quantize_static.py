@@ -2,15 +2,16 @@
 
 Usage (from the repository root)::
 
-    python -m benchmarks.quantize_static [TASK ...] [--calib-samples N] [--peer] [--reduce-range/--no-reduce-range]
-                                         [--runs N] [--no-bench] [--out DIR]
+    python -m benchmarks.quantize_static [TASK ...] [--seed S]... [--calib-samples N] [--peer]
+                                         [--reduce-range/--no-reduce-range] [--runs N] [--no-bench] [--out DIR]
 
-For each task: generate its data (cached, as ``benchmarks.run_tasks``), prepare the fp32 model
-(:class:`passes.quantize.PrepareForQuantizationPass`), calibrate it with MinMax on the task's
-calibration split, quantize with default :class:`StaticQuantOptions`, then score fp32 vs ours with
-the task metric (:func:`onnxslim.validate.validate`) and time fp32, ours (and with ``--peer``
-onnxruntime's ``quantize_static`` QDQ result) side by side in one :func:`onnxslim.bench.bench`
-run, 1 thread, p50. ``--probe`` prints which one-op QDQ units onnxruntime fuses.
+For each task and seed: generate its data (cached, as ``benchmarks.run_tasks``; calibration and
+eval data both from that seed), run what a user runs — ``onnxslim quantize MODEL -o OUT --calib
+CALIB`` (:func:`onnxslim.api.quantize_file`, default settings, the whole flow with its
+verification) — and record whether a model was written or refused and why; then score fp32 vs
+ours with the task metric (:func:`onnxslim.validate.validate`) and time fp32, ours (and with
+``--peer`` onnxruntime's ``quantize_static`` QDQ result) side by side in one
+:func:`onnxslim.bench.bench` run, 1 thread, p50.
 """
 
 from __future__ import annotations
@@ -28,11 +29,8 @@ import onnx
 
 from benchmarks.run_tasks import DEFAULT_DATA_DIR, task_data
 from benchmarks.tasks import TASKS, load_task, metric_spec, reference_model
-from calibration.collect import collect
-from calibration.datasets import open_dataset, input_specs
-from passes._base import RunContext
 from passes._errors import OnnxSlimError
-from passes.quantize import PrepareForQuantizationPass, QuantizeStaticPass, StaticQuantOptions
+from passes.quantize import QuantizeStaticPass
 
 __all__ = ["TaskResult", "run_task", "main"]
 
@@ -44,9 +42,11 @@ class TaskResult:
     """What one task measured."""
 
     task: str
+    seed: int
+    written: bool
     headline: str
     fp32: float
-    ours: float
+    ours: float | None
     peer: float | None
     p50_fp32_ms: float | None
     p50_ours_ms: float | None
@@ -95,62 +95,58 @@ def _peer(fp32: Path, calib: Path, out: Path, reduce_range: bool) -> Path:
 
 
 def run_task(task: str, *, out_dir: Path, calib_samples: int | None, reduce_range: bool, peer: bool,
-             runs: int, do_bench: bool, options: StaticQuantOptions | None = None) -> TaskResult:
-    """Prepare, calibrate, quantize, score and time one task (see the module docstring)."""
+             runs: int, do_bench: bool, seed: int = 0) -> TaskResult:
+    """Quantize one task's model as a user would, then score and time it (see the module docstring)."""
+    from onnxslim.api import QuantizeSettings, quantize_file
     from onnxslim.bench import BenchOptions, bench
     from onnxslim.validate import validate
 
     started = time.perf_counter()
     module = load_task(task)
-    data = task_data(task, module, data_dir=DEFAULT_DATA_DIR, seed=0, n_eval=None, n_calib=None, regenerate=False)
+    data = task_data(task, module, data_dir=DEFAULT_DATA_DIR, seed=seed, n_eval=None, n_calib=None, regenerate=False)
     fp32_path = reference_model(module)
     fp32 = onnx.load(fp32_path)
-    prepare = PrepareForQuantizationPass().apply(fp32, RunContext())
-    prepared, notes = prepare.model, list(prepare.stats["notes"])
-    dataset = _limited(open_dataset(data.calib_path, input_specs(prepared)), calib_samples)
-    table = collect(prepared, dataset, method="minmax")
-    opts = options or StaticQuantOptions(reduce_range=reduce_range)
-    eval_set = _limited(open_dataset(data.calib_path, input_specs(prepared)), 16)
-    result = QuantizeStaticPass(opts).apply(prepared, RunContext(calibration=table, dataset=eval_set))
     out_dir.mkdir(parents=True, exist_ok=True)
-    ours_path = out_dir / f"{task}.int8.onnx"
-    onnx.save(result.model, ours_path)
-    paths = [fp32_path, ours_path]
+    ours_path = out_dir / f"{task}.seed{seed}.int8.onnx"
+    ours_path.unlink(missing_ok=True)
+    notes: list[str] = []
+    stats: dict[str, Any] = {}
+    try:
+        report = quantize_file(fp32_path, ours_path, calib=data.calib_path,
+                               settings=QuantizeSettings(reduce_range=reduce_range, samples=calib_samples, latency_runs=0))
+        stats = dict(report.base.step_stats(QuantizeStaticPass.name))
+    except OnnxSlimError as err:
+        notes.append(f"refused: {str(err)[:300]}")
+    written = ours_path.exists()
+    paths = [fp32_path] + ([ours_path] if written else [])
     if peer:
-        paths.append(_peer(fp32_path, data.calib_path, out_dir / f"{task}.ort-int8.onnx", reduce_range))
-    scores = []
+        paths.append(_peer(fp32_path, data.calib_path, out_dir / f"{task}.seed{seed}.ort-int8.onnx", reduce_range))
+    scores = {}
     for p in paths[1:]:
         try:
-            scores.append(validate(fp32_path, p, data=data.eval_path, metric=metric_spec(task)).metric)
+            scores[p] = validate(fp32_path, p, data=data.eval_path, metric=metric_spec(task)).metric
         except OnnxSlimError as err:  # the peer's model can be invalid (e.g. silero: If subgraphs)
             notes.append(f"{p.name}: {str(err)[:160]}")
             paths.remove(p)
-    peer = len(paths) == 3
-    p50 = [None] * len(paths)
-    if do_bench:
+    if not scores:
+        fp32_score = validate(fp32_path, fp32_path, data=data.eval_path, metric=metric_spec(task)).metric
+        scores[fp32_path] = fp32_score
+    first = next(iter(scores.values()))
+    p50 = dict.fromkeys(paths)
+    if do_bench and len(paths) > 1:
         shapes = _first_shapes(data.calib_path, fp32)  # calibration samples are single model inputs
         report = bench([str(p) for p in paths], BenchOptions(threads=(1,), runs=runs, warmup=5, shapes=shapes,
                                                            isolate=False))
-        p50 = [r.p50_ms for r in report.rows]
+        p50 = {p: r.p50_ms for p, r in zip(paths, report.rows)}
+    peer_path = paths[-1] if peer and len(paths) > (2 if written else 1) else None
     return TaskResult(
-        task=task, headline=scores[0].headline, fp32=scores[0].reference[scores[0].headline],
-        ours=scores[0].candidate[scores[0].headline],
-        peer=scores[1].candidate[scores[1].headline] if peer else None,
-        p50_fp32_ms=p50[0], p50_ours_ms=p50[1], p50_peer_ms=p50[2] if peer else None,
-        stats={k: v for k, v in result.stats.items() if k not in ("quantized_nodes",)},
+        task=task, seed=seed, written=written, headline=first.headline, fp32=first.reference[first.headline],
+        ours=scores[ours_path].candidate[first.headline] if written else None,
+        peer=scores[peer_path].candidate[first.headline] if peer_path else None,
+        p50_fp32_ms=p50.get(fp32_path), p50_ours_ms=p50.get(ours_path) if written else None,
+        p50_peer_ms=p50.get(peer_path) if peer_path else None,
+        stats={k: v for k, v in stats.items() if k not in ("quantized_nodes",)},
         notes=notes, seconds=time.perf_counter() - started)
-
-
-def _limited(dataset, n: int | None):
-    """At most ``n`` samples, in memory, every value an ndarray (npz scalars come back as numpy scalars)."""
-    from calibration.datasets import IterableDataset
-
-    items = []
-    for i, sample in enumerate(dataset):
-        if n is not None and i >= n:
-            break
-        items.append({k: np.asarray(v) for k, v in sample.items()})
-    return IterableDataset(items)
 
 
 def _fmt(v: float | None, spec: str = ".4f") -> str:
@@ -158,13 +154,16 @@ def _fmt(v: float | None, spec: str = ".4f") -> str:
 
 
 def render(results: list[TaskResult]) -> str:
-    """Markdown table: metric fp32 -> ours (drop), p50 fp32 / ours / peer."""
-    lines = ["| task | metric | fp32 | ours (drop) | peer | p50 fp32 ms | p50 ours ms | p50 peer ms | quantized |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    """Markdown table: written?, metric fp32 -> ours (drop), peer, p50 fp32 / ours / peer."""
+    lines = ["| task | seed | written | metric | fp32 | ours (drop) | peer (drop) | p50 fp32 ms | p50 ours ms | "
+             "p50 peer ms | quantized |",
+             "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
-        lines.append(f"| {r.task} | {r.headline} | {r.fp32:.4f} | {r.ours:.4f} ({r.fp32 - r.ours:+.4f}) | "
-                     f"{_fmt(r.peer)} | {_fmt(r.p50_fp32_ms, '.2f')} | {_fmt(r.p50_ours_ms, '.2f')} | "
-                     f"{_fmt(r.p50_peer_ms, '.2f')} | {r.stats.get('nodes_quantized')} |")
+        ours = "-" if r.ours is None else f"{r.ours:.4f} ({r.fp32 - r.ours:+.4f})"
+        peer = "-" if r.peer is None else f"{r.peer:.4f} ({r.fp32 - r.peer:+.4f})"
+        lines.append(f"| {r.task} | {r.seed} | {'yes' if r.written else 'REFUSED'} | {r.headline} | {r.fp32:.4f} | "
+                     f"{ours} | {peer} | {_fmt(r.p50_fp32_ms, '.2f')} | {_fmt(r.p50_ours_ms, '.2f')} | "
+                     f"{_fmt(r.p50_peer_ms, '.2f')} | {r.stats.get('nodes_quantized', '-')} |")
     return "\n".join(lines)
 
 
@@ -173,21 +172,24 @@ def render(results: list[TaskResult]) -> str:
 @click.option("--calib-samples", type=int, default=None, help="Calibration samples (default: the task's split).")
 @click.option("--reduce-range/--no-reduce-range", default=False, show_default=True)
 @click.option("--peer", is_flag=True, help="Also quantize with onnxruntime.quantization (the peer).")
+@click.option("--seed", "seeds", type=int, multiple=True, default=(0,), show_default=True,
+              help="Seed of the task data (calibration and eval); repeatable.")
 @click.option("--runs", type=int, default=50, show_default=True)
 @click.option("--no-bench", is_flag=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path(".cache/quantize_static"), show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def main(tasks: tuple[str, ...], calib_samples: int | None, reduce_range: bool, peer: bool, runs: int,
-         no_bench: bool, out: Path, as_json: bool) -> None:
+def main(tasks: tuple[str, ...], calib_samples: int | None, reduce_range: bool, peer: bool, seeds: tuple[int, ...],
+         runs: int, no_bench: bool, out: Path, as_json: bool) -> None:
     """Quantize every TASK's model at default settings and print metric and latency vs fp32."""
     results = []
-    for task in tasks or tuple(TASKS):
-        r = run_task(task, out_dir=out, calib_samples=calib_samples, reduce_range=reduce_range, peer=peer,
-                     runs=runs, do_bench=not no_bench)
-        click.echo(f"{task}: {r.headline} {r.fp32:.4f} -> {r.ours:.4f}; p50 {r.p50_fp32_ms} -> {r.p50_ours_ms} "
-                   f"(peer {r.peer} / {r.p50_peer_ms}); {r.seconds:.0f} s", err=True)
-        click.echo(json.dumps({k: v for k, v in r.stats.items() if k != "float_nodes"}, default=str), err=True)
-        results.append(r)
+    for seed in seeds:
+        for task in tasks or tuple(TASKS):
+            r = run_task(task, out_dir=out, calib_samples=calib_samples, reduce_range=reduce_range, peer=peer,
+                         runs=runs, do_bench=not no_bench, seed=seed)
+            click.echo(f"{task} seed {seed}: {'written' if r.written else 'REFUSED'}; {r.headline} {r.fp32:.4f} -> "
+                       f"{r.ours}; p50 {r.p50_fp32_ms} -> {r.p50_ours_ms} (peer {r.peer} / {r.p50_peer_ms}); "
+                       f"{r.seconds:.0f} s; {'; '.join(r.notes)}", err=True)
+            results.append(r)
     click.echo(json.dumps([dataclasses.asdict(r) for r in results], default=str, indent=1) if as_json
                else render(results))
 
