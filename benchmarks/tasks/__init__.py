@@ -35,6 +35,8 @@ TASKS: dict[str, str] = {
     "ocr-det": "benchmarks.tasks.ocr_det",
     "detect": "benchmarks.tasks.detect",
     "vad": "benchmarks.tasks.vad",
+    "layout": "benchmarks.tasks.layout",
+    "doc-orient": "benchmarks.tasks.doc_orient",
 }
 
 

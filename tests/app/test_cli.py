@@ -131,7 +131,8 @@ def test_zoo_list(runner: CliRunner) -> None:
     result = runner.invoke(main, ["zoo", "list", "--json"])
     assert result.exit_code == 0
     names = [row["name"] for row in json.loads(result.stdout)]
-    assert names == ["ppocr-det", "ppocr-rec", "ppocr-cls", "yolov8n-nudenet", "silero-vad", "silero-vad-if"]
+    assert names == ["ppocr-det", "ppocr-rec", "ppocr-cls", "yolov8n-nudenet", "silero-vad", "silero-vad-if",
+                     "picodet-layout-cdla", "lcnet-doc-orientation"]
 
 
 def test_zoo_fetch_unknown_name(runner: CliRunner) -> None:

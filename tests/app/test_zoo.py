@@ -25,7 +25,8 @@ import pytest
 from onnxslim import zoo
 from passes._errors import OnnxSlimError
 
-REAL_NAMES = ["ppocr-det", "ppocr-rec", "ppocr-cls", "yolov8n-nudenet", "silero-vad", "silero-vad-if"]
+REAL_NAMES = ["ppocr-det", "ppocr-rec", "ppocr-cls", "yolov8n-nudenet", "silero-vad", "silero-vad-if",
+               "picodet-layout-cdla", "lcnet-doc-orientation"]
 PKG, VERSION = "fakepkg", "1.0"
 MEMBER_A = "fakepkg/models/relu.onnx"
 MEMBER_B = "fakepkg/models/neg.onnx"

@@ -56,7 +56,7 @@ def test_disjointness_is_checked_on_content(tmp_path) -> None:
 
 
 def test_registry() -> None:
-    assert list(TASKS) == ["digits", "ocr-rec", "ocr-cls", "ocr-det", "detect", "vad"]
+    assert list(TASKS) == ["digits", "ocr-rec", "ocr-cls", "ocr-det", "detect", "vad", "layout", "doc-orient"]
     assert all(module == f"benchmarks.tasks.{name.replace('-', '_')}" for name, module in TASKS.items())
     with pytest.raises(OnnxSlimError, match="unknown task 'nope'"):
         load_task("nope")
