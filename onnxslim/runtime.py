@@ -100,8 +100,10 @@ def dynamic_dim_labels(dims: Sequence[int | str | None]) -> list[str]:
 
 def _fixed_shape(spec: InputSpec, shape: Sequence[int]) -> tuple[int, ...]:
     shape = tuple(int(d) for d in shape)
-    if any(d < 1 for d in shape):
-        raise UsageError(f"--shape {spec.name}: every dim must be at least 1, got {min(shape)}")
+    # a dim below 1 is the user's mistake, unless the model itself fixes it so (an empty axes input)
+    chosen = [d for axis, d in enumerate(shape) if not (axis < len(spec.dims) and spec.dims[axis] == d)]
+    if any(d < 1 for d in chosen):
+        raise UsageError(f"--shape {spec.name}: every dim must be at least 1, got {min(chosen)}")
     if len(spec.dims) and len(shape) != len(spec.dims):
         raise DataError(f"--shape {spec.name}: {len(shape)} dims given, the input has {len(spec.dims)} ({spec.shape_text()})")
     for want, got in zip(spec.dims, shape):

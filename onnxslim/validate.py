@@ -45,6 +45,19 @@ __all__ = [
 ]
 
 
+def _flat_outputs(outputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Outputs with each sequence output spread into ``name[i]`` entries (and its length kept, so
+    sequences of different lengths differ)."""
+    flat: dict[str, np.ndarray] = {}
+    for name, value in outputs.items():
+        if isinstance(value, (list, tuple)):
+            flat[f"{name} (length)"] = np.asarray(len(value))
+            flat.update({f"{name}[{i}]": np.asarray(item) for i, item in enumerate(value)})
+        else:
+            flat[name] = np.asarray(value)
+    return flat
+
+
 def tolerance_violation(
     reference: Mapping[str, np.ndarray],
     candidate: Mapping[str, np.ndarray],
@@ -54,8 +67,11 @@ def tolerance_violation(
 
     Element-wise mode: ``|ref - cand| <= atol + rtol * max|ref|`` for every element (the scale is
     the output's largest magnitude, so near-zero elements are not judged relatively). Cosine mode:
-    the cosine similarity of each flattened output is at least ``min_cosine``.
+    the cosine similarity of each flattened output is at least ``min_cosine``. A sequence output
+    (a list of tensors) is compared element by element, as ``name[i]``.
     """
+    if any(isinstance(v, (list, tuple)) for v in (*reference.values(), *candidate.values())):
+        reference, candidate = _flat_outputs(reference), _flat_outputs(candidate)
     for name, ref in reference.items():
         if name not in candidate:
             return f"output '{name}' is missing"

@@ -164,8 +164,17 @@ class QuantizeDynamicPass(Pass):
         stats: dict[str, Any] = {"bytes_before": model.ByteSize(), "nodes_before": len(model.graph.node)}
         targets = opts.targets()
         if not _has_candidates(model, targets, opts):
+            stats["skipped: no eligible node"] = 1
             inside = _subgraph_targets(model.graph, targets)
-            stats[f"skipped: {_IN_SUBGRAPH}" if inside else "skipped: no eligible node"] = inside or 1
+            if inside:
+                stats[f"skipped: {_IN_SUBGRAPH}"] = inside
+            index = GraphIndex.build(model.graph)
+            for node in model.graph.node:
+                if node.op_type in targets:
+                    reason = f"skipped: {node.op_type} {_why_not(node, index, opts)}"
+                    stats[reason] = stats.get(reason, 0) + 1
+            if not inside and not any(n.op_type in targets for n in model.graph.node):
+                stats[f"skipped: no {'/'.join(sorted(targets))} in the model"] = 1
             return PassResult(model, False, stats)
         work_model, notes = _prepare(model, opts, ctx)
         if notes:

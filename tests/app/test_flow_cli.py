@@ -415,3 +415,41 @@ def test_prune_with_nothing_prunable_names_why(out_dir: Path) -> None:
     model = out_dir / "one_conv.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), model)
     _invoke(["prune", str(model), "-o", str(out_dir / "p.onnx")], out_dir, model=model, code=1, needle="graph output")
+
+
+def test_sequence_outputs_are_compared_not_crashed_on(out_dir: Path) -> None:
+    """An output that is a sequence of tensors (SequenceConstruct) is verified element by element."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["i"]), helper.make_node("Relu", ["i"], ["r"]),
+         helper.make_node("SequenceConstruct", ["r", "x"], ["seq"])], "seq_out",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_sequence_value_info("seq", TensorProto.FLOAT, [2, 3])])
+    model = out_dir / "seq.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), model)
+    result = CliRunner().invoke(main, ["simplify", str(model), "-o", str(out_dir / "s.onnx")])
+    assert result.exit_code == 0, result.output
+    assert "verification: passed" in result.stdout
+
+
+def test_a_static_zero_dim_is_not_blamed_on_shape() -> None:
+    from onnxslim.runtime import synthesize_feeds
+
+    graph = helper.make_graph([helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=1)], "empty_axes",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+                               helper.make_tensor_value_info("axes", TensorProto.INT64, [0])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    feeds = synthesize_feeds(model, rng=np.random.default_rng(0))
+    assert feeds["axes"].shape == (0,)
+
+
+def test_dynamic_quantize_with_nothing_eligible_says_why(out_dir: Path) -> None:
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "y"], ["z"])], "act_matmul",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+                               helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 2])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 2])])
+    model = out_dir / "mm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), model)
+    result = _invoke(["quantize", str(model), "-o", str(out_dir / "q.onnx"), "--mode", "dynamic"], out_dir, model=model,
+                     code=1, needle="nothing to do")
+    assert "MatMul" in result.stderr and "weight" in result.stderr
