@@ -49,6 +49,17 @@ def _invoke(args: list[str], out_dir: Path, *, model: Path, code: int, needle: s
     return result
 
 
+def _save(path: Path, nodes: list, inputs: list, outputs: list, inits: list = ()) -> Path:
+    """Write a tiny opset-13 model built from ``nodes`` to ``path``."""
+    graph = helper.make_graph(nodes, path.stem, inputs, outputs, list(inits))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
+    return path
+
+
+def _vi(name: str, shape: list[int]) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
 @pytest.fixture()
 def out_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "out"
@@ -287,11 +298,7 @@ def test_quantize_with_nothing_eligible_writes_nothing(out_dir: Path, gated: tup
 
 
 def test_simplify_with_nothing_to_do_says_unchanged(out_dir: Path, tmp_path: Path) -> None:
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
-    model = tmp_path / "relu.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), model)
+    model = _save(tmp_path / "relu.onnx", [helper.make_node("Relu", ["x"], ["y"])], [_vi("x", [2, 3])], [_vi("y", [2, 3])])
     result = CliRunner().invoke(main, ["simplify", str(model), "-o", str(out_dir / "s.onnx")])
     assert result.exit_code == 0, result.output
     assert "UNCHANGED" in result.stdout and "UNCHANGED" in result.stderr
@@ -408,24 +415,17 @@ def test_prune_progress_reports_the_probes() -> None:
 
 
 def test_prune_with_nothing_prunable_names_why(out_dir: Path) -> None:
-    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "one_conv",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])],
-                              [numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")])
-    model = out_dir / "one_conv.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), model)
+    model = _save(out_dir / "one_conv.onnx", [helper.make_node("Conv", ["x", "w"], ["y"])], [_vi("x", [1, 3, 8, 8])],
+                  [_vi("y", [1, 4, 6, 6])], [numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")])
     _invoke(["prune", str(model), "-o", str(out_dir / "p.onnx")], out_dir, model=model, code=1, needle="graph output")
 
 
 def test_sequence_outputs_are_compared_not_crashed_on(out_dir: Path) -> None:
     """An output that is a sequence of tensors (SequenceConstruct) is verified element by element."""
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["i"]), helper.make_node("Relu", ["i"], ["r"]),
-         helper.make_node("SequenceConstruct", ["r", "x"], ["seq"])], "seq_out",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
-        [helper.make_tensor_sequence_value_info("seq", TensorProto.FLOAT, [2, 3])])
-    model = out_dir / "seq.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), model)
+    nodes = [helper.make_node("Identity", ["x"], ["i"]), helper.make_node("Relu", ["i"], ["r"]),
+             helper.make_node("SequenceConstruct", ["r", "x"], ["seq"])]
+    model = _save(out_dir / "seq.onnx", nodes, [_vi("x", [2, 3])],
+                  [helper.make_tensor_sequence_value_info("seq", TensorProto.FLOAT, [2, 3])])
     result = CliRunner().invoke(main, ["simplify", str(model), "-o", str(out_dir / "s.onnx")])
     assert result.exit_code == 0, result.output
     assert "verification: passed" in result.stdout
@@ -444,12 +444,8 @@ def test_a_static_zero_dim_is_not_blamed_on_shape() -> None:
 
 
 def test_dynamic_quantize_with_nothing_eligible_says_why(out_dir: Path) -> None:
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "y"], ["z"])], "act_matmul",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
-                               helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 2])],
-                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 2])])
-    model = out_dir / "mm.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), model)
+    model = _save(out_dir / "mm.onnx", [helper.make_node("MatMul", ["x", "y"], ["z"])],
+                  [_vi("x", [2, 3]), _vi("y", [3, 2])], [_vi("z", [2, 2])])
     result = _invoke(["quantize", str(model), "-o", str(out_dir / "q.onnx"), "--mode", "dynamic"], out_dir, model=model,
                      code=1, needle="nothing to do")
     assert "MatMul" in result.stderr and "weight" in result.stderr
