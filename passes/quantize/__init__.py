@@ -1,11 +1,13 @@
 """int8 quantization passes: static QDQ (this package) and dynamic (``_dynamic``).
 
 Public surface: :class:`QuantizeStaticPass`, :class:`StaticQuantOptions`, :class:`PolicyOptions`,
-:class:`PrepareForQuantizationPass` and :class:`PrepareOptions` (run it before calibrating), the
+:class:`PrepareForQuantizationPass` and :class:`PrepareOptions` (run it before calibrating),
+:class:`EqualizePass` (cross-layer equalization, before calibrating), the
 rules table :data:`RULES`; :class:`QuantizeDynamicPass` and :class:`DynamicQuantOptions`.
 """
 
 from passes.quantize._dynamic import DynamicQuantOptions, QuantizeDynamicPass
+from passes.quantize._equalize import EqualizePass
 from passes.quantize._policy import PolicyOptions
 from passes.quantize._prepare import PrepareForQuantizationPass, PrepareOptions
 from passes.quantize._rules import RULES, OpRule
@@ -13,6 +15,7 @@ from passes.quantize._static import QuantizeStaticPass, StaticQuantOptions, quan
 
 __all__ = [
     "DynamicQuantOptions",
+    "EqualizePass",
     "QuantizeDynamicPass",
     "OpRule",
     "PolicyOptions",

@@ -27,14 +27,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-__all__ = ["UnitDetails", "quantize_with_fallback", "tensor_sqnr", "measure", "most_damaging", "rank_units", "fidelity_problem"]
+__all__ = ["UnitDetails", "probe_session", "quantize_with_fallback", "tensor_sqnr", "measure", "most_damaging", "rank_units", "fidelity_problem"]
 
 log = logging.getLogger(__name__)
 _ROUNDS = 6
 _CAP = 40.0  # dB: noise below this is negligible; an exact input does not make its unit look bad
 
 
-def _session(model: onnx.ModelProto, outputs: list[str]) -> ort.InferenceSession:
+def probe_session(model: onnx.ModelProto, outputs: list[str]) -> ort.InferenceSession:
+    """A session of ``model`` that also returns ``outputs`` (graph optimizations off, so each
+    tensor holds exactly what its node computes)."""
     work = onnx.ModelProto()
     work.CopyFrom(model)
     have = {o.name for o in work.graph.output}
@@ -68,8 +70,8 @@ def tensor_sqnr(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, pair
                 samples: Iterable[Mapping[str, np.ndarray]]) -> dict[str, float]:
     """SQNR (dB, summed over ``samples``) of ``quant_model[pairs[t]]`` against ``float_model[t]``."""
     names = list(pairs)
-    ref_sess = _session(float_model, names)
-    got_sess = _session(quant_model, [pairs[t] for t in names])
+    ref_sess = probe_session(float_model, names)
+    got_sess = probe_session(quant_model, [pairs[t] for t in names])
     ref_inputs = {i.name for i in ref_sess.get_inputs()}
     acc = _Acc()
     for sample in samples:
@@ -149,6 +151,7 @@ class UnitDetails:
     groups: tuple[tuple[str, ...], ...]
     output_parts: tuple[str, ...]
     unit_tensors: tuple[tuple[str, str], ...] = ()
+    raw_outputs: tuple[tuple[str, str], ...] = ()  # label -> the tensor its node writes (before any Q)
     errors: dict | None = None  # the error report, when asked for (passes.quantize._diagnose)
 
     @classmethod
@@ -157,7 +160,8 @@ class UnitDetails:
         return cls(tuple((n, tuple(a), o) for n, a, o in stats.pop("unit_io", ())),
                    tuple(tuple(g) for g in stats.pop("unit_groups", ())),
                    tuple(stats.pop("output_parts", ())),
-                   tuple(stats.pop("unit_tensors", {}).items()))
+                   tuple(stats.pop("unit_tensors", {}).items()),
+                   tuple(stats.pop("raw_outputs", {}).items()))
 
 
 def measure(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, details: UnitDetails,

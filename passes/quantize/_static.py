@@ -30,10 +30,12 @@ from calibration.collect import observed_tensors
 from passes._base import VERIFY_SAMPLES, Pass, PassResult, RunContext, Tolerance
 from passes._errors import PreconditionError
 from passes._graph import GraphIndex, opset_version
+from passes.quantize._correct import apply_bias_shifts, bias_targets, measure_shifts
 from passes.quantize._emit import emit
 from passes.quantize._diagnose import error_report
 from passes.quantize._fallback import UnitDetails, fidelity_problem, quantize_with_fallback, rank_units
 from passes.quantize._plan import make_plan
+from passes.quantize._ranges import choose_ranges
 from passes.quantize._rules import node_label
 from passes.quantize._policy import PolicyDecision, PolicyOptions, decide
 
@@ -75,6 +77,13 @@ class StaticQuantOptions:
         report_errors: with data in the context, build the per-tensor and per-unit error report
             (:mod:`passes.quantize._diagnose`, one extra quantization per unit) into the
             result's ``details.errors``.
+        bias_correction: with data in the context, measure each weighted unit's mean output
+            shift on ``correction_samples`` samples and add it to the unit's bias
+            (:mod:`passes.quantize._correct`; ``--bias-correction``).
+        choose_ranges: with data in the context and a table holding histograms, choose each
+            weighted unit's input range among minmax/percentile/mse by the least error of that
+            unit's output (:mod:`passes.quantize._ranges`; ``--method auto``).
+        correction_samples: samples of the context's dataset the corrections measure on.
     """
 
     per_channel: bool = True
@@ -89,6 +98,9 @@ class StaticQuantOptions:
     keep_float: tuple[str, ...] = ()
     rank_units: bool = False
     report_errors: bool = False
+    bias_correction: bool = False
+    choose_ranges: bool = False
+    correction_samples: int = 32
 
     def __post_init__(self) -> None:
         if self.activations not in ("u8", "s8"):
@@ -99,7 +111,8 @@ class StaticQuantOptions:
 
 
 def quantize_static(model: onnx.ModelProto, table: Any, options: StaticQuantOptions,
-                    *, extra_float: frozenset[str] = frozenset()) -> tuple[onnx.ModelProto, dict[str, Any]]:
+                    *, extra_float: frozenset[str] = frozenset(),
+                    bias_shift: Mapping[str, np.ndarray] | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Quantize a copy of ``model`` with ranges from ``table``; returns ``(model, stats)``.
 
     Args:
@@ -107,6 +120,8 @@ def quantize_static(model: onnx.ModelProto, table: Any, options: StaticQuantOpti
         table: a :class:`calibration.table.CalibrationTable` of that model.
         options: what to do.
         extra_float: node labels (name, or ``op:output``) kept float by the data-driven fallback.
+        bias_shift: node label -> a per-channel shift added to that unit's float bias before
+            quantizing (bias correction, :mod:`passes.quantize._correct`).
 
     Raises:
         CalibrationError: ``table`` has no range for a float activation a quantized node needs
@@ -120,6 +135,7 @@ def quantize_static(model: onnx.ModelProto, table: Any, options: StaticQuantOpti
     if opset < 10:
         raise PreconditionError(f"QuantizeLinear needs opset >= 10, the model has {opset}")
     per_channel = options.per_channel and opset >= 13
+    corrected = apply_bias_shifts(graph, bias_shift or {})
     index = GraphIndex.build(graph)
     decision = decide(graph, index, table, options.policy) if options.policy else PolicyDecision()
     opts = options
@@ -129,6 +145,7 @@ def quantize_static(model: onnx.ModelProto, table: Any, options: StaticQuantOpti
     unit_tensors = {node_label(u.node): u.output or u.node.output[0] for u in plan.units}
     bytes_before = work.ByteSize()
     emitted = emit(graph, index, plan, opts, per_channel=per_channel) if plan.units else collections.Counter()
+    raw_outputs = {label: u.node.output[0] for (label, _, _), u in zip(unit_io, plan.units)}
     stats: dict[str, Any] = {
         "nodes_quantized": len(plan.units),
         "bytes_before": bytes_before,
@@ -140,6 +157,8 @@ def quantize_static(model: onnx.ModelProto, table: Any, options: StaticQuantOpti
     if options.per_channel and not per_channel:
         stats["note: per-tensor weights"] = f"opset {opset} < 13"
     stats.update(emitted)
+    if corrected:
+        stats["biases corrected"] = corrected
     for op, n in sorted(collections.Counter(u.node.op_type for u in plan.units).items()):
         stats[f"quantized: {op}"] = n
     for reason, n in sorted(plan.skipped.items()):
@@ -148,6 +167,7 @@ def quantize_static(model: onnx.ModelProto, table: Any, options: StaticQuantOpti
     stats["quantized_nodes"] = [name for name, _, _ in unit_io]
     stats["unit_io"] = unit_io
     stats["unit_tensors"] = unit_tensors
+    stats["raw_outputs"] = raw_outputs
     stats["output_parts"] = list(decision.output_parts) or [o.name for o in graph.output]
     stats["unit_groups"] = [list(g) for g in decision.groups]
     for name, reason in plan.float_nodes.items():
@@ -191,12 +211,19 @@ class QuantizeStaticPass(Pass):
         if any(n.op_type == "DequantizeLinear" for n in model.graph.node):
             return PassResult(model, False, {"skipped: already quantized": 1})
         opts = self.options
+        chosen: dict[str, Any] = {}
+        if opts.choose_ranges and ctx.dataset is not None:
+            table, chosen = self._chosen_ranges(model, ctx)
+            ctx = dataclasses.replace(ctx, calibration=table)
         if opts.fallback_min_sqnr is not None and ctx.dataset is not None:
             out, stats, details = quantize_with_fallback(model, ctx.calibration, opts, ctx.dataset,
                                                          quantize=quantize_static)
         else:
             out, stats = quantize_static(model, ctx.calibration, opts, extra_float=frozenset(opts.keep_float))
             details = UnitDetails.from_stats(stats)
+        if opts.bias_correction and ctx.dataset is not None and stats["nodes_quantized"]:
+            out, stats, details = self._bias_corrected(model, ctx, out, stats, details)
+        stats.update(chosen)
         samples = [] if ctx.dataset is None else list(itertools.islice(ctx.dataset, opts.fallback_samples))
         if opts.rank_units and samples and stats["nodes_quantized"]:
             stats["sensitivity"] = [{"units": names, "loss_db": round(loss, 2)}
@@ -209,6 +236,47 @@ class QuantizeStaticPass(Pass):
 
             details = dataclasses.replace(details, errors=error_report(model, out, details, samples, alone=only))
         return PassResult(out, stats["nodes_quantized"] > 0, stats, details)
+
+    def _samples(self, ctx: RunContext) -> list[dict[str, np.ndarray]]:
+        return [{k: np.asarray(v) for k, v in s.items()}
+                for s in itertools.islice(ctx.dataset, max(self.options.correction_samples, 1))]
+
+    def _chosen_ranges(self, model: onnx.ModelProto, ctx: RunContext) -> tuple[Any, dict[str, Any]]:
+        """The context's table with each weighted unit's input range chosen by its reader's
+        error (one plain quantization supplies the units and int8 weights)."""
+        opts = self.options
+        plain = dataclasses.replace(opts, fallback_min_sqnr=None)
+        quant, stats = quantize_static(model, ctx.calibration, plain, extra_float=frozenset(opts.keep_float))
+        if not stats["nodes_quantized"]:
+            return ctx.calibration, {}
+        if ctx.progress is not None:
+            ctx.progress("choosing ranges", 0, 1)
+        return choose_ranges(model, quant, UnitDetails.from_stats(stats), ctx.calibration, self._samples(ctx),
+                             activations=opts.activations)
+
+    def _bias_corrected(self, model: onnx.ModelProto, ctx: RunContext, out: onnx.ModelProto, stats: dict[str, Any],
+                        details: UnitDetails) -> tuple[onnx.ModelProto, dict[str, Any], UnitDetails]:
+        """``out`` again with bias correction (same float units); the uncorrected result when
+        correcting would miss the fidelity floor it met."""
+        opts = self.options
+        floats = frozenset(stats.get("fallback: nodes kept float", ())) | frozenset(opts.keep_float)
+        samples = self._samples(ctx)
+        targets = bias_targets(model.graph, [label for label, _, _ in details.unit_io])
+        if ctx.progress is not None:
+            ctx.progress("bias correction", 0, 1)
+        shifts = measure_shifts(model, out, targets, dict(details.raw_outputs), samples)
+        current, new_stats = quantize_static(model, ctx.calibration, opts, extra_float=floats, bias_shift=shifts)
+        new_details = UnitDetails.from_stats(new_stats)
+        floor = opts.fallback_min_sqnr
+        if floor is not None:
+            check = samples[:opts.fallback_samples]
+            if (fidelity_problem(model, current, new_details, check, floor) is not None
+                    and fidelity_problem(model, out, details, check, floor) is None):
+                stats["bias correction"] = f"not kept: the corrected model misses the {floor:g} dB floor"
+                return out, stats, details
+        new_stats.update({k: v for k, v in stats.items() if k.startswith("fallback")})
+        new_stats["bias correction: units"] = f"{len(shifts)} of {len(details.unit_io)} on {len(samples)} samples"
+        return current, new_stats, new_details
 
     def verify(self, before: onnx.ModelProto, after: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]],
                result: PassResult) -> str | None:
