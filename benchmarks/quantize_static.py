@@ -2,7 +2,8 @@
 
 Usage (from the repository root)::
 
-    python -m benchmarks.quantize_static [TASK ...] [--seed S]... [--calib-samples N] [--peer]
+    python -m benchmarks.quantize_static [TASK ...] [--seed S]... [--calib-samples N] [--peer] [--method M]
+                                         [--bias-correction] [--per-tensor] [--equalize]
                                          [--reduce-range/--no-reduce-range] [--runs N] [--no-bench] [--out DIR]
 
 For each task and seed: generate its data (cached, as ``benchmarks.run_tasks``; calibration and
@@ -95,7 +96,8 @@ def _peer(fp32: Path, calib: Path, out: Path, reduce_range: bool) -> Path:
 
 
 def run_task(task: str, *, out_dir: Path, calib_samples: int | None, reduce_range: bool, peer: bool,
-             runs: int, do_bench: bool, seed: int = 0) -> TaskResult:
+             runs: int, do_bench: bool, seed: int = 0, method: str = "minmax",
+             bias_correction: bool = False, per_channel: bool = True, equalize: bool = False) -> TaskResult:
     """Quantize one task's model as a user would, then score and time it (see the module docstring)."""
     from onnxslim.api import QuantizeSettings, quantize_file
     from onnxslim.bench import BenchOptions, bench
@@ -113,7 +115,9 @@ def run_task(task: str, *, out_dir: Path, calib_samples: int | None, reduce_rang
     stats: dict[str, Any] = {}
     try:
         report = quantize_file(fp32_path, ours_path, calib=data.calib_path,
-                               settings=QuantizeSettings(reduce_range=reduce_range, samples=calib_samples, latency_runs=0))
+                               settings=QuantizeSettings(reduce_range=reduce_range, samples=calib_samples, latency_runs=0,
+                                                         method=method, bias_correction=bias_correction,
+                                                         per_channel=per_channel, equalize=equalize))
         stats = dict(report.base.step_stats(QuantizeStaticPass.name))
     except OnnxSlimError as err:
         notes.append(f"refused: {str(err)[:300]}")
@@ -175,17 +179,23 @@ def render(results: list[TaskResult]) -> str:
 @click.option("--seed", "seeds", type=int, multiple=True, default=(0,), show_default=True,
               help="Seed of the task data (calibration and eval); repeatable.")
 @click.option("--runs", type=int, default=50, show_default=True)
+@click.option("--method", default="minmax", show_default=True, help="Calibration method (quantize --method).")
+@click.option("--bias-correction", is_flag=True, help="quantize --bias-correction.")
+@click.option("--per-tensor", is_flag=True, help="quantize --per-tensor.")
+@click.option("--equalize", is_flag=True, help="quantize --equalize.")
 @click.option("--no-bench", is_flag=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path(".cache/quantize_static"), show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def main(tasks: tuple[str, ...], calib_samples: int | None, reduce_range: bool, peer: bool, seeds: tuple[int, ...],
-         runs: int, no_bench: bool, out: Path, as_json: bool) -> None:
+         runs: int, method: str, bias_correction: bool, per_tensor: bool, equalize: bool, no_bench: bool, out: Path, as_json: bool) -> None:
     """Quantize every TASK's model at default settings and print metric and latency vs fp32."""
     results = []
     for seed in seeds:
         for task in tasks or tuple(TASKS):
             r = run_task(task, out_dir=out, calib_samples=calib_samples, reduce_range=reduce_range, peer=peer,
-                         runs=runs, do_bench=not no_bench, seed=seed)
+                         runs=runs, do_bench=not no_bench, seed=seed, method=method,
+                         bias_correction=bias_correction, per_channel=not per_tensor,
+                         equalize=equalize)
             click.echo(f"{task} seed {seed}: {'written' if r.written else 'REFUSED'}; {r.headline} {r.fp32:.4f} -> "
                        f"{r.ours}; p50 {r.p50_fp32_ms} -> {r.p50_ours_ms} (peer {r.peer} / {r.p50_peer_ms}); "
                        f"{r.seconds:.0f} s; {'; '.join(r.notes)}", err=True)

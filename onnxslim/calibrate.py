@@ -29,6 +29,8 @@ class Calibrate(ContextStep):
 
     ``cache``: a dict shared by the trials of a search, which all prepare the same model the
     same way: the first trial collects, the others reuse its table (``stats["reused"]``).
+    ``histograms``: keep each tensor's histogram in the table (``--method auto`` chooses ranges
+    from them later).
     """
 
     dataset: Dataset
@@ -36,11 +38,12 @@ class Calibrate(ContextStep):
     progress: Callable[[int, int], None] | None = None
     name: str = "calibrate"
     cache: dict[str, Any] | None = dataclasses.field(default=None, compare=False, repr=False)
+    histograms: bool = False
 
     def update(self, model: onnx.ModelProto, ctx: RunContext) -> tuple[RunContext, Mapping[str, Any]]:
         reused = self.cache is not None and "table" in self.cache
         table = self.cache["table"] if reused else collect(model, self.dataset, method=self.method,
-                                                           progress=self.progress)
+                                                           progress=self.progress, keep_histograms=self.histograms)
         if self.cache is not None:
             self.cache["table"] = table
         stats = {"tensors": len(table), "samples": table.samples, "method": self.method, "data": self.dataset.source,

@@ -308,8 +308,10 @@ def calibrate_cmd(model: Path, calib: Path, output: Path, method: str, samples: 
 @click.option("--calib", type=click.Path(path_type=Path),
               help="Calibration samples (.npz, folder of .npz/.npy, or images); also the verification samples.")
 @click.option("--table", type=click.Path(path_type=Path), help="A table from `onnxslim calibrate` instead of --calib.")
-@click.option("--method", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default="minmax", show_default=True,
-              help="How activation ranges are chosen from the calibration data.")
+@click.option("--method", type=click.Choice(["minmax", "percentile", "entropy", "mse", "auto"]), default="minmax",
+              show_default=True,
+              help="How activation ranges are chosen from the calibration data; auto: per tensor, the one of "
+                   "minmax/percentile/mse that gives the least error at the output of the layer reading it.")
 @click.option("--samples", type=click.IntRange(min=1), help="Use at most N calibration samples.")
 @click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight scales per output channel or per tensor.")
 @click.option("--activations", type=click.Choice(["u8", "s8"]), default="u8", show_default=True,
@@ -321,6 +323,12 @@ def calibrate_cmd(model: Path, calib: Path, output: Path, method: str, samples: 
 @click.option("--report-errors", type=click.Path(path_type=Path), metavar="FILE.json",
               help="Static mode with --calib: write where int8 loses (SQNR of every quantized tensor, each unit's "
                    "loss and its effect when it alone is int8) as JSON, and as Markdown beside it (FILE.md).")
+@click.option("--bias-correction/--no-bias-correction", default=False, show_default=True,
+              help="Static mode: measure each Conv/Gemm/Linear's mean output shift from int8 on the calibration "
+                   "samples (32) and cancel it in its bias.")
+@click.option("--equalize/--no-equalize", default=False, show_default=True,
+              help="Static mode: cross-layer equalization of Conv -> (Relu/LeakyRelu/PRelu/MaxPool) -> Conv chains "
+                   "before calibrating (exact in float; evens the weight ranges per channel pair).")
 @_eval_options
 @_flow_options
 @click.pass_context
@@ -328,7 +336,7 @@ def calibrate_cmd(model: Path, calib: Path, output: Path, method: str, samples: 
 def quantize_cmd(ctx: click.Context, model: Path, output: Path, mode: str, calib: Path | None, table: Path | None,
                  method: str, samples: int | None, per_channel: bool, activations: str, reduce_range: bool | None,
                  exclude_ops: tuple[str, ...], exclude_nodes: tuple[str, ...], report_errors: Path | None,
-                 eval_data: Path | None, metric: str | None, max_drop: float | None, data: Path | None,
+                 bias_correction: bool, equalize: bool, eval_data: Path | None, metric: str | None, max_drop: float | None, data: Path | None,
                  skip_nonfinite: bool, verify: bool, shape: tuple[str, ...], as_json: bool) -> None:
     """Quantize MODEL to int8 and report size, fused int8 nodes, latency and (with --eval) accuracy."""
     source = ctx.get_parameter_source("activations")
@@ -336,7 +344,8 @@ def quantize_cmd(ctx: click.Context, model: Path, output: Path, mode: str, calib
         raise click.UsageError("--activations applies to static mode; dynamic activations are always u8")
     settings = QuantizeSettings(mode=mode, method=method, samples=samples, per_channel=per_channel, activations=activations,
                                 reduce_range=reduce_range, exclude_ops=exclude_ops, exclude_nodes=exclude_nodes,
-                                report_errors=report_errors)
+                                report_errors=report_errors, bias_correction=bias_correction,
+                                equalize=equalize)
     flow = _flow(data, skip_nonfinite, verify, shape, eval_data, metric, max_drop)
     with _stages() as progress:
         report = api.quantize_file(model, output, settings=settings, calib=calib, table=table, flow=flow,

@@ -45,6 +45,7 @@ from passes._base import RunContext
 from passes._errors import CalibrationError, DataError, UsageError
 from passes.quantize import (
     DynamicQuantOptions,
+    EqualizePass,
     PrepareForQuantizationPass,
     QuantizeDynamicPass,
     QuantizeStaticPass,
@@ -71,12 +72,18 @@ class QuantizeSettings:
     exclude_nodes: tuple[str, ...] = ()
     latency_runs: int = 30
     report_errors: Path | None = None
+    bias_correction: bool = False
+    equalize: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in ("static", "dynamic"):
             raise UsageError(f"--mode must be static or dynamic, not {self.mode!r}")
         if self.report_errors is not None and self.mode != "static":
             raise UsageError("--report-errors applies to static mode (dynamic activations have no fixed ranges)")
+        if self.bias_correction and self.mode != "static":
+            raise UsageError("--bias-correction applies to static mode (it measures on --calib)")
+        if self.equalize and self.mode != "static":
+            raise UsageError("--equalize applies to static mode (dynamic int8 has per-channel weights and no fixed ranges)")
 
 
 def default_reduce_range() -> tuple[bool, str]:
@@ -157,7 +164,8 @@ def _quantize_pass(settings: QuantizeSettings, reduce_range: bool, **static: Any
             exclude_ops=settings.exclude_ops, exclude_nodes=settings.exclude_nodes))
     return QuantizeStaticPass(options=StaticQuantOptions(
         per_channel=settings.per_channel, activations=settings.activations, reduce_range=reduce_range,
-        exclude_ops=settings.exclude_ops, exclude_nodes=settings.exclude_nodes, **static))
+        exclude_ops=settings.exclude_ops, exclude_nodes=settings.exclude_nodes,
+        bias_correction=settings.bias_correction, choose_ranges=settings.method == "auto", **static))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,8 +194,10 @@ class _Job:
                 return Plan([quantize], verify_data=data, **common)
             if self.table is None:
                 tick = None if self.progress is None else functools.partial(self.progress, "calibrating")
-                steps = [PrepareForQuantizationPass(), Calibrate(data, method=settings.method, progress=tick,
-                                                                 cache=self.cache), quantize]
+                auto = settings.method == "auto"
+                steps = [PrepareForQuantizationPass(), *([EqualizePass()] if settings.equalize else []),
+                         Calibrate(data, method="percentile" if auto else settings.method, progress=tick,
+                                   cache=self.cache, histograms=auto), quantize]
                 return Plan(steps, verify_data=data, **common)
             loaded = CalibrationTable.load(self.table, model=model)  # made for this model, as given
             common["notes"].append(f"ranges from {self.table} ({loaded.method})")
@@ -223,6 +233,8 @@ def quantize_file(
         raise UsageError("static quantization needs calibration data (--calib DATA) or a table (--table TABLE.json)")
     if calib is not None and table is not None:
         raise UsageError("give --calib or --table, not both")
+    if settings.equalize and table is not None:
+        raise UsageError("--equalize changes the weights the table's ranges were measured on: give --calib instead of --table")
     reduce_range, why = (settings.reduce_range, "reduce-range as requested") if settings.reduce_range is not None \
         else default_reduce_range()
     flow = dataclasses.replace(flow, latency_runs=settings.latency_runs,

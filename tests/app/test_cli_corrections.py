@@ -1,0 +1,63 @@
+"""The int8 corrections from the command line, on the bundled LeNet-5: each flag reaches the pass
+(the report says what it did), the written model is valid and close to fp32, and the
+combinations that cannot work are usage errors (exit 2) that write nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+from onnxslim.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+LENET = REPO / "models" / "lenet5_digits.onnx"
+CALIB = REPO / "models" / "lenet5_digits_calib.npz"
+TEST = REPO / "models" / "lenet5_digits_test.npz"
+
+
+def _accuracy(path: Path) -> float:
+    data = np.load(TEST)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    x = data[name] if name in data else data[[k for k in data.files if k != "labels"][0]]
+    preds = [int(np.argmax(sess.run(None, {name: x[i:i + 1]})[0])) for i in range(len(x))]
+    return float(np.mean(np.asarray(preds) == data["labels"]))
+
+
+@pytest.mark.parametrize("flags, key", [
+    (["--bias-correction"], "bias correction: units"),
+    (["--method", "auto"], "ranges chosen"),
+    (["--equalize"], "pairs"),
+])
+def test_each_correction_is_applied_and_keeps_accuracy(tmp_path: Path, flags: list[str], key: str) -> None:
+    out = tmp_path / "q.onnx"
+    result = CliRunner().invoke(main, ["quantize", str(LENET), "-o", str(out), "--calib", str(CALIB), "--json", *flags])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    assert key in json.dumps(report)
+    onnx.checker.check_model(onnx.load(out), full_check=True)
+    assert _accuracy(out) >= _accuracy(LENET) - 0.01
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--mode", "dynamic", "--bias-correction"], "--bias-correction applies to static mode"),
+    (["--mode", "dynamic", "--equalize"], "--equalize applies to static mode"),
+])
+def test_corrections_outside_static_mode_are_usage_errors(tmp_path: Path, args: list[str], needle: str) -> None:
+    out = tmp_path / "q.onnx"
+    result = CliRunner().invoke(main, ["quantize", str(LENET), "-o", str(out), *args])
+    assert result.exit_code == 2 and needle in result.output and not out.exists()
+
+
+def test_equalize_with_a_table_is_a_usage_error(tmp_path: Path) -> None:
+    table = tmp_path / "t.json"
+    assert CliRunner().invoke(main, ["calibrate", str(LENET), "--calib", str(CALIB), "-o", str(table)]).exit_code == 0
+    out = tmp_path / "q.onnx"
+    result = CliRunner().invoke(main, ["quantize", str(LENET), "-o", str(out), "--table", str(table), "--equalize"])
+    assert result.exit_code == 2 and "give --calib instead of --table" in result.output and not out.exists()
