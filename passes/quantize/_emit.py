@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 
 import numpy as np
 import onnx
@@ -29,8 +30,10 @@ _INT32 = np.iinfo(np.int32)
 
 
 class _Emitter:
-    def __init__(self, graph: onnx.GraphProto, index: GraphIndex, opts, per_channel: bool) -> None:
+    def __init__(self, graph: onnx.GraphProto, index: GraphIndex, opts, per_channel: bool,
+                 weight_scales: dict[str, np.ndarray] | None = None) -> None:
         self.graph, self.index, self.opts, self.per_channel = graph, index, opts, per_channel
+        self.weight_scales = weight_scales or {}
         self.names = NameAllocator(graph)
         self.nodes: list[onnx.NodeProto] = []
         self.weight_dq: dict[tuple[str, int | None], tuple[str, QuantParams]] = {}
@@ -69,6 +72,9 @@ class _Emitter:
         key = (name, axis)
         if key not in self.weight_dq:
             p = weight_quant_params(w, axis=axis, dtype="int8", symmetric=True, reduce_range=self.opts.reduce_range)
+            given = self.weight_scales.get(name)
+            if given is not None and np.shape(given) == np.shape(p.scale):  # chosen with the rounding
+                p = dataclasses.replace(p, scale=np.asarray(given, np.float32))
             q = self.init(f"{name}_quantized", quantize(w, p))
             scale, zero = self.qdq_params(name, p)
             self.weight_dq[key] = (self.dq(q, scale, zero, name, axis), p)
@@ -90,9 +96,14 @@ class _Emitter:
         return self.dq(qn, sn, zn, name, axis)
 
 
-def emit(graph: onnx.GraphProto, index: GraphIndex, plan: Plan, opts, *, per_channel: bool) -> collections.Counter:
-    """Rewrite ``graph`` in place according to ``plan``; returns emission counters."""
-    em = _Emitter(graph, index, opts, per_channel)
+def emit(graph: onnx.GraphProto, index: GraphIndex, plan: Plan, opts, *, per_channel: bool,
+         weight_scales: dict[str, np.ndarray] | None = None) -> collections.Counter:
+    """Rewrite ``graph`` in place according to ``plan``; returns emission counters.
+
+    ``weight_scales``: weight initializer name -> the scale its int8 grid was chosen with (a
+    learned rounding); other weights get the scale of their own range.
+    """
+    em = _Emitter(graph, index, opts, per_channel, weight_scales)
     absorbed = []
     for unit in plan.units:
         if unit.absorbed is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import itertools
 import logging
 from collections.abc import Mapping, Sequence
@@ -29,13 +30,14 @@ import onnx
 from calibration.collect import observed_tensors
 from passes._base import VERIFY_SAMPLES, Pass, PassResult, RunContext, Tolerance
 from passes._errors import PreconditionError
-from passes._graph import GraphIndex, opset_version
+from passes._graph import GraphIndex, NameAllocator, opset_version
 from passes.quantize._correct import apply_bias_shifts, bias_targets, measure_shifts
 from passes.quantize._emit import emit
 from passes.quantize._diagnose import error_report
 from passes.quantize._fallback import UnitDetails, fidelity_problem, quantize_with_fallback, rank_units
 from passes.quantize._plan import make_plan
 from passes.quantize._ranges import choose_ranges
+from passes.quantize._rounding import learned_weights, rounding_targets
 from passes.quantize._rules import node_label
 from passes.quantize._policy import PolicyDecision, PolicyOptions, decide
 
@@ -83,6 +85,9 @@ class StaticQuantOptions:
         choose_ranges: with data in the context and a table holding histograms, choose each
             weighted unit's input range among minmax/percentile/mse by the least error of that
             unit's output (:mod:`passes.quantize._ranges`; ``--method auto``).
+        learned_rounding: with data in the context, round each weighted unit's weights to keep
+            its output close on the calibration samples (:mod:`passes.quantize._rounding`;
+            ``--learned-rounding``).
         correction_samples: samples of the context's dataset the corrections measure on.
     """
 
@@ -100,6 +105,7 @@ class StaticQuantOptions:
     report_errors: bool = False
     bias_correction: bool = False
     choose_ranges: bool = False
+    learned_rounding: bool = False
     correction_samples: int = 32
 
     def __post_init__(self) -> None:
@@ -112,7 +118,9 @@ class StaticQuantOptions:
 
 def quantize_static(model: onnx.ModelProto, table: Any, options: StaticQuantOptions,
                     *, extra_float: frozenset[str] = frozenset(),
-                    bias_shift: Mapping[str, np.ndarray] | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
+                    bias_shift: Mapping[str, np.ndarray] | None = None,
+                    weights: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None
+                    ) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Quantize a copy of ``model`` with ranges from ``table``; returns ``(model, stats)``.
 
     Args:
@@ -122,6 +130,8 @@ def quantize_static(model: onnx.ModelProto, table: Any, options: StaticQuantOpti
         extra_float: node labels (name, or ``op:output``) kept float by the data-driven fallback.
         bias_shift: node label -> a per-channel shift added to that unit's float bias before
             quantizing (bias correction, :mod:`passes.quantize._correct`).
+        weights: node label -> ``(weight on its int8 grid, grid scale)`` replacing that unit's
+            weight (learned rounding, :mod:`passes.quantize._rounding`).
 
     Raises:
         CalibrationError: ``table`` has no range for a float activation a quantized node needs
@@ -136,6 +146,7 @@ def quantize_static(model: onnx.ModelProto, table: Any, options: StaticQuantOpti
         raise PreconditionError(f"QuantizeLinear needs opset >= 10, the model has {opset}")
     per_channel = options.per_channel and opset >= 13
     corrected = apply_bias_shifts(graph, bias_shift or {})
+    weight_scales = _set_weights(graph, weights or {})
     index = GraphIndex.build(graph)
     decision = decide(graph, index, table, options.policy) if options.policy else PolicyDecision()
     opts = options
@@ -144,7 +155,8 @@ def quantize_static(model: onnx.ModelProto, table: Any, options: StaticQuantOpti
     # a unit whose output stays float is judged by the float tensor it writes (same name in both)
     unit_tensors = {node_label(u.node): u.output or u.node.output[0] for u in plan.units}
     bytes_before = work.ByteSize()
-    emitted = emit(graph, index, plan, opts, per_channel=per_channel) if plan.units else collections.Counter()
+    emitted = (emit(graph, index, plan, opts, per_channel=per_channel, weight_scales=weight_scales) if plan.units
+               else collections.Counter())
     raw_outputs = {label: u.node.output[0] for (label, _, _), u in zip(unit_io, plan.units)}
     stats: dict[str, Any] = {
         "nodes_quantized": len(plan.units),
@@ -159,6 +171,8 @@ def quantize_static(model: onnx.ModelProto, table: Any, options: StaticQuantOpti
     stats.update(emitted)
     if corrected:
         stats["biases corrected"] = corrected
+    if weight_scales:
+        stats["weights rounded by data"] = len(weight_scales)
     for op, n in sorted(collections.Counter(u.node.op_type for u in plan.units).items()):
         stats[f"quantized: {op}"] = n
     for reason, n in sorted(plan.skipped.items()):
@@ -173,6 +187,24 @@ def quantize_static(model: onnx.ModelProto, table: Any, options: StaticQuantOpti
     for name, reason in plan.float_nodes.items():
         log.debug("kept float: %s (%s)", name, reason)
     return (work if plan.units else model), stats
+
+
+def _set_weights(graph: onnx.GraphProto, weights: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Give each labelled node its new weight (a fresh initializer); returns initializer name ->
+    the scale its values were chosen on."""
+    if not weights:
+        return {}
+    names = NameAllocator(graph)
+    scales = {}
+    for node in graph.node:
+        given = weights.get(node_label(node))
+        if given is None or len(node.input) < 2:
+            continue
+        name = names.fresh(f"{node.input[1]}_rounded")
+        graph.initializer.append(onnx.numpy_helper.from_array(given[0], name))
+        node.input[1] = name
+        scales[name] = given[1]
+    return scales
 
 
 class QuantizeStaticPass(Pass):
@@ -212,17 +244,20 @@ class QuantizeStaticPass(Pass):
             return PassResult(model, False, {"skipped: already quantized": 1})
         opts = self.options
         chosen: dict[str, Any] = {}
+        qs = quantize_static
+        if opts.learned_rounding and ctx.dataset is not None:
+            qs, chosen = self._rounded(model, ctx)
         if opts.choose_ranges and ctx.dataset is not None:
-            table, chosen = self._chosen_ranges(model, ctx)
+            table, ranges = self._chosen_ranges(model, ctx, qs)
             ctx = dataclasses.replace(ctx, calibration=table)
+            chosen.update(ranges)
         if opts.fallback_min_sqnr is not None and ctx.dataset is not None:
-            out, stats, details = quantize_with_fallback(model, ctx.calibration, opts, ctx.dataset,
-                                                         quantize=quantize_static)
+            out, stats, details = quantize_with_fallback(model, ctx.calibration, opts, ctx.dataset, quantize=qs)
         else:
-            out, stats = quantize_static(model, ctx.calibration, opts, extra_float=frozenset(opts.keep_float))
+            out, stats = qs(model, ctx.calibration, opts, extra_float=frozenset(opts.keep_float))
             details = UnitDetails.from_stats(stats)
         if opts.bias_correction and ctx.dataset is not None and stats["nodes_quantized"]:
-            out, stats, details = self._bias_corrected(model, ctx, out, stats, details)
+            out, stats, details = self._bias_corrected(model, ctx, out, stats, details, qs)
         stats.update(chosen)
         samples = [] if ctx.dataset is None else list(itertools.islice(ctx.dataset, opts.fallback_samples))
         if opts.rank_units and samples and stats["nodes_quantized"]:
@@ -232,7 +267,7 @@ class QuantizeStaticPass(Pass):
             alone = dataclasses.replace(opts, fallback_min_sqnr=None, keep_float=())
 
             def only(floats: frozenset[str]) -> onnx.ModelProto:
-                return quantize_static(model, ctx.calibration, alone, extra_float=floats)[0]
+                return qs(model, ctx.calibration, alone, extra_float=floats)[0]
 
             details = dataclasses.replace(details, errors=error_report(model, out, details, samples, alone=only))
         return PassResult(out, stats["nodes_quantized"] > 0, stats, details)
@@ -241,12 +276,26 @@ class QuantizeStaticPass(Pass):
         return [{k: np.asarray(v) for k, v in s.items()}
                 for s in itertools.islice(ctx.dataset, max(self.options.correction_samples, 1))]
 
-    def _chosen_ranges(self, model: onnx.ModelProto, ctx: RunContext) -> tuple[Any, dict[str, Any]]:
+    def _rounded(self, model: onnx.ModelProto, ctx: RunContext) -> tuple[Any, dict[str, Any]]:
+        """``quantize_static`` with every weighted unit's weights rounded by the calibration data
+        (:mod:`passes.quantize._rounding`), and what it did."""
+        opts = self.options
+        per_channel = opts.per_channel and (opset_version(model) or 0) >= 13
+        if ctx.progress is not None:
+            ctx.progress("rounding weights", 0, 1)
+        labels = [node_label(n) for n in model.graph.node]
+        samples = self._samples(ctx)
+        learned = learned_weights(model, rounding_targets(model.graph, labels), samples,
+                                  per_channel=per_channel, reduce_range=opts.reduce_range)
+        return (functools.partial(quantize_static, weights=learned),
+                {"learned rounding: layers": f"{len(learned)} on {len(samples)} samples"})
+
+    def _chosen_ranges(self, model: onnx.ModelProto, ctx: RunContext, qs=quantize_static) -> tuple[Any, dict[str, Any]]:
         """The context's table with each weighted unit's input range chosen by its reader's
         error (one plain quantization supplies the units and int8 weights)."""
         opts = self.options
         plain = dataclasses.replace(opts, fallback_min_sqnr=None)
-        quant, stats = quantize_static(model, ctx.calibration, plain, extra_float=frozenset(opts.keep_float))
+        quant, stats = qs(model, ctx.calibration, plain, extra_float=frozenset(opts.keep_float))
         if not stats["nodes_quantized"]:
             return ctx.calibration, {}
         if ctx.progress is not None:
@@ -255,7 +304,7 @@ class QuantizeStaticPass(Pass):
                              activations=opts.activations)
 
     def _bias_corrected(self, model: onnx.ModelProto, ctx: RunContext, out: onnx.ModelProto, stats: dict[str, Any],
-                        details: UnitDetails) -> tuple[onnx.ModelProto, dict[str, Any], UnitDetails]:
+                        details: UnitDetails, qs=quantize_static) -> tuple[onnx.ModelProto, dict[str, Any], UnitDetails]:
         """``out`` again with bias correction (same float units); the uncorrected result when
         correcting would miss the fidelity floor it met."""
         opts = self.options
@@ -265,7 +314,7 @@ class QuantizeStaticPass(Pass):
         if ctx.progress is not None:
             ctx.progress("bias correction", 0, 1)
         shifts = measure_shifts(model, out, targets, dict(details.raw_outputs), samples)
-        current, new_stats = quantize_static(model, ctx.calibration, opts, extra_float=floats, bias_shift=shifts)
+        current, new_stats = qs(model, ctx.calibration, opts, extra_float=floats, bias_shift=shifts)
         new_details = UnitDetails.from_stats(new_stats)
         floor = opts.fallback_min_sqnr
         if floor is not None:
