@@ -11,8 +11,9 @@ is scored against fp32 on the eval split. Variants:
 
 - ``default``: the defaults;
 - ``bias``: ``--bias-correction``;
-- ``equalize``: ``--equalize`` (the table says how many Conv pairs it found: 0 means the model is
-  unchanged by it);
+- ``equalize``: ``--equalize`` (the table says how many Conv pairs it found; with 0 the model is
+  the default one and is not run again);
+- ``rounding``: ``--learned-rounding``;
 - ``auto``: ``--method auto`` (per-tensor range choice);
 - ``percentile``: ``--method percentile`` (the range method alone, for comparison with ``auto``).
 
@@ -39,6 +40,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "bias": {"bias_correction": True},
     "equalize": {"equalize": True},
+    "rounding": {"learned_rounding": True},
     "auto": {"method": "auto"},
     "percentile": {"method": "percentile"},
 }
@@ -103,6 +105,9 @@ def main(tasks: tuple[str, ...], seed: int, variants: tuple[str, ...], weights: 
         for granularity in weights or ("per-channel", "per-tensor"):
             row = None
             for variant in chosen:
+                if variant == "equalize" and pairs == 0 and "default" in (row.metrics if row else {}):
+                    row.metrics[variant] = row.metrics["default"]  # nothing to equalize: the default model
+                    continue
                 r = run_task(task, out_dir=out / variant, calib_samples=None, reduce_range=False, peer=False, runs=0,
                              do_bench=False, seed=seed, per_channel=granularity == "per-channel", **VARIANTS[variant])
                 if row is None:

@@ -97,7 +97,8 @@ def _peer(fp32: Path, calib: Path, out: Path, reduce_range: bool) -> Path:
 
 def run_task(task: str, *, out_dir: Path, calib_samples: int | None, reduce_range: bool, peer: bool,
              runs: int, do_bench: bool, seed: int = 0, method: str = "minmax",
-             bias_correction: bool = False, per_channel: bool = True, equalize: bool = False) -> TaskResult:
+             bias_correction: bool = False, per_channel: bool = True, equalize: bool = False,
+             learned_rounding: bool = False) -> TaskResult:
     """Quantize one task's model as a user would, then score and time it (see the module docstring)."""
     from onnxslim.api import QuantizeSettings, quantize_file
     from onnxslim.bench import BenchOptions, bench
@@ -117,7 +118,8 @@ def run_task(task: str, *, out_dir: Path, calib_samples: int | None, reduce_rang
         report = quantize_file(fp32_path, ours_path, calib=data.calib_path,
                                settings=QuantizeSettings(reduce_range=reduce_range, samples=calib_samples, latency_runs=0,
                                                          method=method, bias_correction=bias_correction,
-                                                         per_channel=per_channel, equalize=equalize))
+                                                         per_channel=per_channel, equalize=equalize,
+                                                         learned_rounding=learned_rounding))
         stats = dict(report.base.step_stats(QuantizeStaticPass.name))
     except OnnxSlimError as err:
         notes.append(f"refused: {str(err)[:300]}")

@@ -326,6 +326,9 @@ def calibrate_cmd(model: Path, calib: Path, output: Path, method: str, samples: 
 @click.option("--bias-correction/--no-bias-correction", default=False, show_default=True,
               help="Static mode: measure each Conv/Gemm/Linear's mean output shift from int8 on the calibration "
                    "samples (32) and cancel it in its bias.")
+@click.option("--learned-rounding/--no-learned-rounding", default=False, show_default=True,
+              help="Static mode: round each Conv/Gemm/MatMul weight to keep the layer's output (not each weight) "
+                   "close on the calibration samples.")
 @click.option("--equalize/--no-equalize", default=False, show_default=True,
               help="Static mode: cross-layer equalization of Conv -> (Relu/LeakyRelu/PRelu/MaxPool) -> Conv chains "
                    "before calibrating (exact in float; evens the weight ranges per channel pair).")
@@ -336,7 +339,7 @@ def calibrate_cmd(model: Path, calib: Path, output: Path, method: str, samples: 
 def quantize_cmd(ctx: click.Context, model: Path, output: Path, mode: str, calib: Path | None, table: Path | None,
                  method: str, samples: int | None, per_channel: bool, activations: str, reduce_range: bool | None,
                  exclude_ops: tuple[str, ...], exclude_nodes: tuple[str, ...], report_errors: Path | None,
-                 bias_correction: bool, equalize: bool, eval_data: Path | None, metric: str | None, max_drop: float | None, data: Path | None,
+                 bias_correction: bool, learned_rounding: bool, equalize: bool, eval_data: Path | None, metric: str | None, max_drop: float | None, data: Path | None,
                  skip_nonfinite: bool, verify: bool, shape: tuple[str, ...], as_json: bool) -> None:
     """Quantize MODEL to int8 and report size, fused int8 nodes, latency and (with --eval) accuracy."""
     source = ctx.get_parameter_source("activations")
@@ -345,7 +348,7 @@ def quantize_cmd(ctx: click.Context, model: Path, output: Path, mode: str, calib
     settings = QuantizeSettings(mode=mode, method=method, samples=samples, per_channel=per_channel, activations=activations,
                                 reduce_range=reduce_range, exclude_ops=exclude_ops, exclude_nodes=exclude_nodes,
                                 report_errors=report_errors, bias_correction=bias_correction,
-                                equalize=equalize)
+                                equalize=equalize, learned_rounding=learned_rounding)
     flow = _flow(data, skip_nonfinite, verify, shape, eval_data, metric, max_drop)
     with _stages() as progress:
         report = api.quantize_file(model, output, settings=settings, calib=calib, table=table, flow=flow,

@@ -74,6 +74,7 @@ class QuantizeSettings:
     report_errors: Path | None = None
     bias_correction: bool = False
     equalize: bool = False
+    learned_rounding: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in ("static", "dynamic"):
@@ -82,6 +83,8 @@ class QuantizeSettings:
             raise UsageError("--report-errors applies to static mode (dynamic activations have no fixed ranges)")
         if self.bias_correction and self.mode != "static":
             raise UsageError("--bias-correction applies to static mode (it measures on --calib)")
+        if self.learned_rounding and self.mode != "static":
+            raise UsageError("--learned-rounding applies to static mode (it measures on --calib)")
         if self.equalize and self.mode != "static":
             raise UsageError("--equalize applies to static mode (dynamic int8 has per-channel weights and no fixed ranges)")
 
@@ -165,7 +168,8 @@ def _quantize_pass(settings: QuantizeSettings, reduce_range: bool, **static: Any
     return QuantizeStaticPass(options=StaticQuantOptions(
         per_channel=settings.per_channel, activations=settings.activations, reduce_range=reduce_range,
         exclude_ops=settings.exclude_ops, exclude_nodes=settings.exclude_nodes,
-        bias_correction=settings.bias_correction, choose_ranges=settings.method == "auto", **static))
+        bias_correction=settings.bias_correction, choose_ranges=settings.method == "auto",
+        learned_rounding=settings.learned_rounding, **static))
 
 
 @dataclasses.dataclass(frozen=True)

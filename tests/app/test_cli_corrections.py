@@ -34,6 +34,7 @@ def _accuracy(path: Path) -> float:
     (["--bias-correction"], "bias correction: units"),
     (["--method", "auto"], "ranges chosen"),
     (["--equalize"], "pairs"),
+    (["--learned-rounding"], "learned rounding: layers"),
 ])
 def test_each_correction_is_applied_and_keeps_accuracy(tmp_path: Path, flags: list[str], key: str) -> None:
     out = tmp_path / "q.onnx"
@@ -48,6 +49,7 @@ def test_each_correction_is_applied_and_keeps_accuracy(tmp_path: Path, flags: li
 @pytest.mark.parametrize("args, needle", [
     (["--mode", "dynamic", "--bias-correction"], "--bias-correction applies to static mode"),
     (["--mode", "dynamic", "--equalize"], "--equalize applies to static mode"),
+    (["--mode", "dynamic", "--learned-rounding"], "--learned-rounding applies to static mode"),
 ])
 def test_corrections_outside_static_mode_are_usage_errors(tmp_path: Path, args: list[str], needle: str) -> None:
     out = tmp_path / "q.onnx"
