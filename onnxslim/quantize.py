@@ -272,13 +272,26 @@ def _write_error_report(outcome: Outcome, path: Path | None) -> None:
     write_text_atomically(markdown, render_error_report(errors))
 
 
+#: SQNR losses within this many dB count as equal when ordering units for the budget search
+LOSS_BUCKET_DB = 1.0
+
+
+def return_order(sensitivity: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The order the budget search returns units to float: the most damaging first; among units
+    whose losses fall in the same ``LOSS_BUCKET_DB`` band, the cheapest in float first, so a
+    unit whose float version costs the most time is the last to go back (ties keep the ranking's
+    order)."""
+    return sorted(sensitivity, key=lambda u: (-math.floor(u["loss_db"] / LOSS_BUCKET_DB), u.get("float_ms", 0.0)))
+
+
 def _within_budget(input_path: str | os.PathLike[str], output_path: str | os.PathLike[str], job: _Job,
                    reduce_range: bool) -> QuantizeReport:
     """The most units in int8 whose metric drop stays within ``max_drop`` on the eval data.
 
     1. Quantize every unit the policy allows (no SQNR fallback: the metric judges) and rank the
        units by the SQNR each loses on the calibration samples (one extra run of both models;
-       ``rank_units``); evaluate. Within budget: done, one evaluation.
+       ``rank_units``), cheaper float units first among equal losses (:func:`return_order`);
+       evaluate. Within budget: done, one evaluation.
     2. Else bisect the number of the most damaging units returned to float
        (:func:`onnxslim.budget.largest_within` over the count left in int8): about
        ``log2(units)`` evaluations, calibration collected once and reused.
@@ -298,7 +311,7 @@ def _within_budget(input_path: str | os.PathLike[str], output_path: str | os.Pat
     first = run((), True)
     _write_error_report(first, job.settings.report_errors)  # where the all-int8 model loses
     first_seconds = time.perf_counter() - started
-    ranking = [tuple(u["units"]) for u in first.report.step_stats(QuantizeStaticPass.name).get("sensitivity", [])]
+    ranking = [tuple(u["units"]) for u in return_order(first.report.step_stats(QuantizeStaticPass.name).get("sensitivity", []))]
     total = len(ranking)
     outcomes: dict[int, Outcome] = {total: first}
 

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-__all__ = ["UnitDetails", "probe_session", "quantize_with_fallback", "tensor_sqnr", "measure", "most_damaging", "rank_units", "fidelity_problem"]
+__all__ = ["UnitDetails", "probe_session", "node_times", "quantize_with_fallback", "tensor_sqnr", "measure", "most_damaging", "rank_units", "fidelity_problem"]
 
 log = logging.getLogger(__name__)
 _ROUNDS = 6
@@ -45,6 +45,35 @@ def probe_session(model: onnx.ModelProto, outputs: list[str]) -> ort.InferenceSe
     opts.log_severity_level = 3
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(work.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def node_times(model: onnx.ModelProto, sample: Mapping[str, np.ndarray], runs: int = 5) -> dict[str, float]:
+    """Median milliseconds each named node of ``model`` takes on ``sample`` (onnxruntime's
+    profiler, graph optimizations off so nodes keep their names, after one warm-up run)."""
+    import json
+    import os
+    import statistics
+    import tempfile
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.intra_op_num_threads = 1
+    with tempfile.TemporaryDirectory() as tmp:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = os.path.join(tmp, "profile")
+        session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        feeds = {i.name: np.asarray(sample[i.name]) for i in session.get_inputs() if i.name in sample}
+        for _ in range(runs + 1):
+            session.run(None, feeds)
+        with open(session.end_profiling()) as f:
+            events = json.load(f)
+    times: dict[str, list[float]] = {}
+    for event in events:
+        name = event.get("name", "")
+        if event.get("cat") == "Node" and name.endswith("_kernel_time"):
+            times.setdefault(name[: -len("_kernel_time")], []).append(event.get("dur", 0) / 1000.0)
+    return {name: statistics.median(v[1:] or v) for name, v in times.items()}
 
 
 class _Acc:

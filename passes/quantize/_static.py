@@ -34,7 +34,7 @@ from passes._graph import GraphIndex, NameAllocator, opset_version
 from passes.quantize._correct import apply_bias_shifts, bias_targets, measure_shifts
 from passes.quantize._emit import emit
 from passes.quantize._diagnose import error_report
-from passes.quantize._fallback import UnitDetails, fidelity_problem, quantize_with_fallback, rank_units
+from passes.quantize._fallback import UnitDetails, fidelity_problem, node_times, quantize_with_fallback, rank_units
 from passes.quantize._plan import make_plan
 from passes.quantize._ranges import choose_ranges
 from passes.quantize._rounding import learned_weights, rounding_targets
@@ -75,7 +75,8 @@ class StaticQuantOptions:
             accuracy-budget search chooses them).
         rank_units: with data in the context, measure on its first ``fallback_samples`` samples
             the SQNR each unit loses and list every unit, most damaging first, in the stats
-            (``sensitivity``): the order an accuracy-budget search returns units to float.
+            (``sensitivity``, with each unit's measured float time ``float_ms``): what an
+            accuracy-budget search orders the units by.
         report_errors: with data in the context, build the per-tensor and per-unit error report
             (:mod:`passes.quantize._diagnose`, one extra quantization per unit) into the
             result's ``details.errors``.
@@ -261,7 +262,9 @@ class QuantizeStaticPass(Pass):
         stats.update(chosen)
         samples = [] if ctx.dataset is None else list(itertools.islice(ctx.dataset, opts.fallback_samples))
         if opts.rank_units and samples and stats["nodes_quantized"]:
-            stats["sensitivity"] = [{"units": names, "loss_db": round(loss, 2)}
+            times = node_times(model, samples[0])
+            stats["sensitivity"] = [{"units": names, "loss_db": round(loss, 2),
+                                     "float_ms": round(sum(times.get(n, 0.0) for n in names), 4)}
                                     for names, loss in rank_units(model, out, details, samples)]
         if opts.report_errors and samples and stats["nodes_quantized"]:
             alone = dataclasses.replace(opts, fallback_min_sqnr=None, keep_float=())
