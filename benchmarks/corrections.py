@@ -33,7 +33,7 @@ import onnx
 from benchmarks.quantize_static import run_task
 from benchmarks.tasks import TASKS, load_task, reference_model
 
-__all__ = ["VARIANTS", "Row", "render", "main"]
+__all__ = ["VARIANTS", "Row", "main", "render"]
 
 #: variant -> keyword arguments of run_task
 VARIANTS: dict[str, dict[str, Any]] = {

@@ -41,7 +41,7 @@ from passes._graph import GraphIndex, NameAllocator, topological_sort
 from passes.quantize._fallback import probe_session
 from passes.quantize._rules import node_label
 
-__all__ = ["BiasTarget", "LocalProbe", "bias_targets", "measure_shifts", "apply_bias_shifts"]
+__all__ = ["BiasTarget", "LocalProbe", "apply_bias_shifts", "bias_targets", "measure_shifts"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,9 +30,14 @@ import onnx
 from onnx import numpy_helper
 
 from passes._base import EXACT, Pass, PassResult, RunContext, Tolerance
-from passes._graph import GraphIndex, NameAllocator, iter_subgraphs, subgraph_outer_inputs
+from passes._graph import (
+    GraphIndex,
+    NameAllocator,
+    iter_subgraphs,
+    subgraph_outer_inputs,
+)
 
-__all__ = ["EqualizePass", "equalize_pairs", "conv_pairs"]
+__all__ = ["EqualizePass", "conv_pairs", "equalize_pairs"]
 
 #: ops that commute with a positive per-channel scale (one data input, channels on axis 1)
 HOMOGENEOUS = ("Relu", "LeakyRelu", "PRelu", "MaxPool")

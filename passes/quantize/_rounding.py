@@ -37,7 +37,7 @@ from passes.prune._patches import rows
 from passes.quantize._fallback import probe_session
 from passes.quantize._rules import node_label
 
-__all__ = ["RoundingTarget", "rounding_targets", "round_weights", "learned_weights"]
+__all__ = ["RoundingTarget", "learned_weights", "round_weights", "rounding_targets"]
 
 _DAMP = 0.01
 _ROWS_PER_SAMPLE = 2048

@@ -25,7 +25,7 @@ def _accuracy(path: Path) -> float:
     data = np.load(TEST)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
-    x = data[name] if name in data else data[[k for k in data.files if k != "labels"][0]]
+    x = data[name] if name in data else data[next(k for k in data.files if k != "labels")]
     preds = [int(np.argmax(sess.run(None, {name: x[i:i + 1]})[0])) for i in range(len(x))]
     return float(np.mean(np.asarray(preds) == data["labels"]))
 

@@ -9,13 +9,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import helper
+from test_quantize_static import _feeds, _model, _vi, _w, conv_relu_conv
 
 from calibration.collect import collect
 from calibration.datasets import IterableDataset
 from passes._base import RunContext
 from passes.quantize import QuantizeStaticPass, StaticQuantOptions, quantize_static
 from passes.quantize._correct import apply_bias_shifts, bias_targets
-from test_quantize_static import _feeds, _model, _vi, _w, conv_relu_conv
 
 
 def _outputs(model: onnx.ModelProto, samples) -> np.ndarray:

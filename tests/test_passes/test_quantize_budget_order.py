@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 from onnx import helper
+from test_quantize_static import _feeds, _model, _vi, _w
 
 from calibration.collect import collect
 from calibration.datasets import IterableDataset
@@ -12,7 +13,6 @@ from onnxslim.quantize import LOSS_BUCKET_DB, return_order
 from passes._base import RunContext
 from passes.quantize import QuantizeStaticPass, StaticQuantOptions
 from passes.quantize._fallback import node_times
-from test_quantize_static import _feeds, _model, _vi, _w
 
 
 def test_equal_losses_go_cheapest_first_and_losses_still_rule() -> None:

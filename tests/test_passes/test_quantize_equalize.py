@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import helper
-
 from _helpers import run_ort
+from onnx import helper
+from test_quantize_static import _feeds, _model, _vi
+
 from passes._base import RunContext
 from passes.quantize import EqualizePass
 from passes.quantize._equalize import conv_pairs
-from test_quantize_static import _feeds, _model, _vi
 
 
 def _uneven(*shape: int, seed: int) -> np.ndarray:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
+from test_quantize_static import _feeds, conv_relu_conv
 
 from calibration.collect import collect
 from calibration.datasets import IterableDataset
@@ -14,7 +15,6 @@ from passes._base import RunContext
 from passes.quantize import QuantizeStaticPass, StaticQuantOptions, quantize_static
 from passes.quantize._fallback import UnitDetails
 from passes.quantize._ranges import CANDIDATES, candidate_ranges, choose_ranges
-from test_quantize_static import _feeds, conv_relu_conv
 
 
 def _outlier_samples(model: onnx.ModelProto, n: int) -> list[dict[str, np.ndarray]]:

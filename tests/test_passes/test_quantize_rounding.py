@@ -9,13 +9,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import helper
+from test_quantize_static import _feeds, _model, _vi, _w, conv_relu_conv
 
 from calibration.collect import collect
 from calibration.datasets import IterableDataset
 from passes._base import RunContext
 from passes.quantize import QuantizeStaticPass, StaticQuantOptions
 from passes.quantize._rounding import round_weights
-from test_quantize_static import _feeds, _model, _vi, _w, conv_relu_conv
 
 
 def _nearest(w: np.ndarray, s: np.ndarray) -> np.ndarray:
