@@ -336,9 +336,11 @@ def _within_budget(input_path: str | os.PathLike[str], output_path: str | os.Pat
         last = outcomes[int(trials[-1].setting)]
         return QuantizeReport(last.report, last.extra, trials, ())
     best = search.best
-    original = load_model(input_path)
-    feed = first_samples(open_data(job.calib, original, flag="--calib", limit=1), 1)[0] if job.calib is not None \
-        else runnable_feeds(original, shapes=job.flow.shapes, samples=1)[0][0]
-    latency = LatencyCheck.measure([original, best.model], feed, runs=job.settings.latency_runs)
+    latency = None
+    if job.settings.latency_runs > 0:  # 0: not timed, as everywhere in the flow
+        original = load_model(input_path)
+        feed = first_samples(open_data(job.calib, original, flag="--calib", limit=1), 1)[0] if job.calib is not None \
+            else runnable_feeds(original, shapes=job.flow.shapes, samples=1)[0][0]
+        latency = LatencyCheck.measure([original, best.model], feed, runs=job.settings.latency_runs)
     written = write_outcome(dataclasses.replace(best, report=dataclasses.replace(best.report, latency=latency)), output_path)
     return QuantizeReport(written.report, best.extra, trials, floats(search.best_setting))

@@ -63,3 +63,14 @@ def test_equalize_with_a_table_is_a_usage_error(tmp_path: Path) -> None:
     out = tmp_path / "q.onnx"
     result = CliRunner().invoke(main, ["quantize", str(LENET), "-o", str(out), "--table", str(table), "--equalize"])
     assert result.exit_code == 2 and "give --calib instead of --table" in result.output and not out.exists()
+
+
+def test_a_budget_search_through_the_api_may_skip_the_timing(tmp_path: Path) -> None:
+    """``latency_runs=0`` means "not timed" in every flow, the budget search's included."""
+    from onnxslim.api import QuantizeSettings, quantize_file
+    from onnxslim.flow import EvalRequest, FlowOptions
+
+    out = tmp_path / "q.onnx"
+    report = quantize_file(LENET, out, calib=CALIB, settings=QuantizeSettings(latency_runs=0),
+                           flow=FlowOptions(evaluation=EvalRequest(TEST, max_drop=0.01)))
+    assert out.exists() and report.search and report.base.latency is None
