@@ -70,7 +70,8 @@ def equalizable_pairs(task: str) -> int:
 
 
 def render(rows: list[Row], variants: list[str]) -> str:
-    """Markdown: metric (drop vs fp32) per variant; the best per row in bold (when they differ)."""
+    """Markdown: metric (drop vs fp32) per variant ("refused": nothing written; "not run"); the best
+    per row in bold (when they differ)."""
     head = "| task | weights | metric | fp32 | " + " | ".join(variants) + " | Conv pairs |"
     lines = [head, "| --- | --- | --- | ---: | " + " | ".join("---:" for _ in variants) + " | ---: |"]
     for r in rows:
@@ -79,7 +80,7 @@ def render(rows: list[Row], variants: list[str]) -> str:
         cells = []
         for v in variants:
             m = r.metrics.get(v)
-            cell = "refused" if m is None else f"{m:.4f} ({r.fp32 - m:+.4f})"
+            cell = "not run" if v not in r.metrics else "refused" if m is None else f"{m:.4f} ({r.fp32 - m:+.4f})"
             differ = len({r.metrics[d] for d in done}) > 1
             cells.append(f"**{cell}**" if m is not None and m == best and differ else cell)
         lines.append(f"| {r.task} | {r.weights} | {r.headline} | {r.fp32:.4f} | " + " | ".join(cells) + f" | {r.pairs} |")
