@@ -40,3 +40,22 @@ def test_node_times_and_the_ranking_carry_measured_float_cost() -> None:
     cost = {u["units"][0]: u["float_ms"] for u in result.stats["sensitivity"]}
     assert cost["big"] > cost["tiny"]
     assert np.isfinite(list(cost.values())).all()
+
+
+def test_the_search_ranks_by_the_effect_of_each_unit_alone() -> None:
+    """A unit whose own SQNR loss looks harmless but which alone in int8 takes an output part to
+    11 dB (YOLOv8n's class-logit Conv) goes back to float first; one that changes nothing, last."""
+    from types import SimpleNamespace
+
+    from onnxslim.quantize import _by_effect_alone
+
+    sensitivity = [{"units": ["body"], "loss_db": 6.0, "float_ms": 1.0},
+                   {"units": ["head"], "loss_db": -22.0, "float_ms": 0.5},
+                   {"units": ["idle"], "loss_db": 3.0, "float_ms": 0.1}]
+    errors = {"units": [{"units": ["body"], "alone_db": 30.0}, {"units": ["head"], "alone_db": 11.2},
+                        {"units": ["idle"], "alone_db": None}]}
+    step = SimpleNamespace(name=QuantizeStaticPass.name, details=SimpleNamespace(errors=errors))
+    report = SimpleNamespace(step_stats=lambda name: {"sensitivity": sensitivity},
+                             pipeline=SimpleNamespace(steps=[step]))
+    order = [u["units"][0] for u in return_order(_by_effect_alone(SimpleNamespace(report=report)))]
+    assert order == ["head", "body", "idle"]
