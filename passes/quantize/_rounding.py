@@ -55,9 +55,10 @@ class RoundingTarget:
 
     @property
     def features(self) -> int:
-        """Columns of the weight matrix (per channel for a depthwise Conv)."""
-        w2 = to_matrix(self.weight, self.layer)
-        return w2.shape[1]
+        """Columns of the weight matrix (per channel for a depthwise Conv), from its shape."""
+        if self.layer.kind in ("Conv", "Depthwise"):
+            return int(np.prod(self.weight.shape[1:]))
+        return int(self.weight.shape[0] if self.layer.kind == "MatMul" or not self.layer.trans_b else self.weight.shape[1])
 
 
 def _kind(node: onnx.NodeProto, w: np.ndarray) -> str | None:

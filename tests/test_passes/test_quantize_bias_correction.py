@@ -45,6 +45,15 @@ def _quantized(model, samples, *, correct: bool, per_channel: bool = True):
     return QuantizeStaticPass(options).apply(model, ctx)
 
 
+def _with_and_without(model, samples, *, per_channel: bool = True, axis: int = 2):
+    """The corrected result and the per-channel |mean output error| without and with correction."""
+    plain = _quantized(model, samples, correct=False, per_channel=per_channel)
+    fixed = _quantized(model, samples, correct=True, per_channel=per_channel)
+    before = np.abs(_mean_error(model, plain.model, samples, axis=axis))
+    after = np.abs(_mean_error(model, fixed.model, samples, axis=axis))
+    return fixed, before, after
+
+
 def _bias_step(model: onnx.ModelProto, node_name: str) -> float:
     """The largest int32 bias scale (s_x * s_w) of ``node_name`` in a quantized model."""
     by_out = {n.output[0]: n for n in model.graph.node}
@@ -68,11 +77,8 @@ def _one_conv(bias: bool = True) -> onnx.ModelProto:
 def test_one_unit_mean_error_is_zero_up_to_bias_rounding(per_channel: bool) -> None:
     model = _one_conv()
     samples = _shifted_input(model, 16, seed=3)
-    plain = _quantized(model, samples, correct=False, per_channel=per_channel)
-    fixed = _quantized(model, samples, correct=True, per_channel=per_channel)
+    fixed, before, after = _with_and_without(model, samples, per_channel=per_channel)
     assert fixed.stats["bias correction: units"].startswith("1 of 1")
-    before = np.abs(_mean_error(model, plain.model, samples, axis=2))
-    after = np.abs(_mean_error(model, fixed.model, samples, axis=2))
     step = _bias_step(fixed.model, "conv")
     assert after.max() <= step / 2 + 1e-6, (after, step)  # half an int32 bias step
     assert before.max() > 4 * step, "the test needs a visible shift to correct"
@@ -84,11 +90,8 @@ def test_a_chain_is_corrected_unit_by_unit(per_channel: bool) -> None:
     over-correct for the first one's error, so the output's mean error shrinks."""
     model = conv_relu_conv()
     samples = _shifted_input(model, 16, seed=3)
-    plain = _quantized(model, samples, correct=False, per_channel=per_channel)
-    fixed = _quantized(model, samples, correct=True, per_channel=per_channel)
+    fixed, before, after = _with_and_without(model, samples, per_channel=per_channel)
     assert fixed.stats["bias correction: units"].startswith("2 of 2")
-    before = np.abs(_mean_error(model, plain.model, samples, axis=2))
-    after = np.abs(_mean_error(model, fixed.model, samples, axis=2))
     assert after.max() < before.max() / 3, (before, after)
 
 
@@ -110,12 +113,9 @@ def test_the_float_model_is_not_modified_and_the_bias_is_a_new_initializer() -> 
 def test_conv_without_bias_gets_one() -> None:
     model = _one_conv(bias=False)
     samples = _shifted_input(model, 12, seed=2)
-    fixed = _quantized(model, samples, correct=True, per_channel=False)
+    fixed, before, after = _with_and_without(model, samples, per_channel=False)
     conv = next(n for n in fixed.model.graph.node if n.name == "conv")
     assert len(conv.input) == 3 and conv.input[2]
-    plain = _quantized(model, samples, correct=False, per_channel=False)
-    before = np.abs(_mean_error(model, plain.model, samples, axis=2))
-    after = np.abs(_mean_error(model, fixed.model, samples, axis=2))
     assert after.max() < before.max() / 4 and after.max() <= _bias_step(fixed.model, "conv") / 2 + 1e-6
 
 
@@ -129,12 +129,9 @@ def test_gemm_and_matmul_add_are_corrected_over_the_last_axis() -> None:
     targets = {t.label: t for t in bias_targets(model.graph, ["gemm", "matmul"])}
     assert targets["gemm"].channels == 16 and targets["matmul"].after_add and targets["matmul"].tensor == "m"
     samples = _shifted_input(model, 24, seed=8)
-    plain = _quantized(model, samples, correct=False, per_channel=False)
-    fixed = _quantized(model, samples, correct=True, per_channel=False)
+    fixed, before, after = _with_and_without(model, samples, per_channel=False, axis=-1)
     add = next(n for n in fixed.model.graph.node if n.name == "add")
     assert add.input[1] != "B2"
-    before = np.abs(_mean_error(model, plain.model, samples, axis=-1))
-    after = np.abs(_mean_error(model, fixed.model, samples, axis=-1))
     # each unit's own shift is cancelled; what the MatMul inherits from the Gemm's quantized
     # output through the Relu, and its own output quantizer, are not
     assert after.max() < before.max() / 8, (before, after)
