@@ -2,8 +2,8 @@
 
 Usage (from the repository root)::
 
-    python -m benchmarks.budget TASK --max-drop X [--search-seed A] [--report-seed B] [--method M]
-                                [--bias-correction] [--runs N]
+    python -m benchmarks.budget TASK --max-drop X [--confidence C] [--search-seed A] [--report-seed B]
+                                [--method M] [--bias-correction] [--runs N]
 
 1. ``onnxslim quantize MODEL -o OUT --calib CALIB_A --eval EVAL_A --metric TASK --max-drop X``
    (:func:`onnxslim.api.quantize_file`), timed: how many full evaluations the search ran, each
@@ -35,12 +35,14 @@ __all__ = ["main"]
 @click.option("--max-drop", type=float, required=True)
 @click.option("--search-seed", type=int, default=0, show_default=True, help="Seed of the calibration and eval data searched on.")
 @click.option("--report-seed", type=int, default=1, show_default=True, help="Seed of the eval data reported on.")
+@click.option("--confidence", type=float, default=0.9, show_default=True,
+              help="quantize --confidence: the drop's bootstrap upper bound must hold too (0: the measured drop).")
 @click.option("--method", default="minmax", show_default=True)
 @click.option("--bias-correction", is_flag=True)
 @click.option("--runs", type=int, default=30, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path(".cache/budget"), show_default=True)
-def main(task: str, max_drop: float, search_seed: int, report_seed: int, method: str, bias_correction: bool,
-         runs: int, out: Path) -> None:
+def main(task: str, max_drop: float, confidence: float, search_seed: int, report_seed: int, method: str,
+         bias_correction: bool, runs: int, out: Path) -> None:
     """Search TASK's float set for --max-drop on one seed and report it on another."""
     from onnxslim.api import QuantizeSettings, quantize_file
     from onnxslim.bench import BenchOptions, bench
@@ -58,18 +60,21 @@ def main(task: str, max_drop: float, search_seed: int, report_seed: int, method:
     written.unlink(missing_ok=True)
     started = time.perf_counter()
     settings = QuantizeSettings(method=method, bias_correction=bias_correction, latency_runs=0)
-    flow = FlowOptions(evaluation=EvalRequest(searched.eval_path, metric=metric_spec(task), max_drop=max_drop))
+    flow = FlowOptions(evaluation=EvalRequest(searched.eval_path, metric=metric_spec(task), max_drop=max_drop,
+                                                 confidence=confidence))
     try:
         report = quantize_file(fp32, written, settings=settings, calib=searched.calib_path, flow=flow)
     except OnnxSlimError as err:
         raise click.ClickException(f"quantize failed: {err}") from err
     seconds = time.perf_counter() - started
-    click.echo(f"## {task}: `quantize --max-drop {max_drop:g} --method {method}"
+    click.echo(f"## {task}: `quantize --max-drop {max_drop:g} --confidence {confidence:g} --method {method}"
                f"{' --bias-correction' if bias_correction else ''}`, searched on seed {search_seed}, "
                f"reported on seed {report_seed}\n")
-    click.echo("| trial | float units | drop on the searched eval | within |\n| --- | --- | ---: | --- |")
+    click.echo("| trial | float units | drop on the searched eval | upper bound | within |\n"
+               "| --- | --- | ---: | ---: | --- |")
     for k, trial in enumerate(report.search, 1):
-        click.echo(f"| {k} | {trial.label} | {trial.drop:+.4f} | {'yes' if trial.passed else 'no'} |")
+        bound = "-" if trial.bound is None else f"{trial.bound:+.4f}"
+        click.echo(f"| {k} | {trial.label} | {trial.drop:+.4f} | {bound} | {'yes' if trial.passed else 'no'} |")
     click.echo(f"\nevaluations: {len(report.search)}; tool time {seconds:.0f} s; written: {written.exists()}")
     if not written.exists():
         return

@@ -19,7 +19,7 @@ from typing import Generic, TypeVar
 from onnxslim.validate import ValidationReport
 from passes._errors import PreconditionError
 
-__all__ = ["Trial", "Search", "largest_within", "drop_of"]
+__all__ = ["Trial", "Search", "largest_within", "drop_of", "bound_of"]
 
 T = TypeVar("T")
 
@@ -37,16 +37,32 @@ def drop_of(validation: ValidationReport | None) -> float:
     raise PreconditionError("a budget needs a drop to measure: give --metric, or labels in the --eval data")
 
 
+def bound_of(validation: ValidationReport | None) -> float | None:
+    """The upper confidence bound of the drop :func:`drop_of` reads, when one was computed
+    (``--confidence``; not when the measured drop already exceeds the budget)."""
+    if validation is None:
+        return None
+    report = validation.metric if validation.metric is not None else validation.accuracy
+    return None if report is None else report.bound
+
+
 @dataclasses.dataclass(frozen=True)
 class Trial:
     """One evaluated setting: the knob's value, the drop of the headline metric, whether every
-    gate held, and the seconds it took (build and evaluation)."""
+    gate held, the seconds it took (build and evaluation), and the drop's upper confidence bound
+    when one was computed."""
 
     setting: float
     drop: float
     passed: bool
     seconds: float
     label: str = ""
+    bound: float | None = None
+
+    def describe(self) -> str:
+        """``drop +0.0039 (bound +0.0120) within``: what a progress line and a report say."""
+        bound = "" if self.bound is None else f" (bound {self.bound:+.4f})"
+        return f"drop {self.drop:+.4f}{bound} {'within' if self.passed else 'over'}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +83,7 @@ def largest_within(
     integer: bool = False,
     label: Callable[[float], str] = str,
     progress: Callable[[Trial, int, int], None] | None = None,
+    bound: Callable[[T], float | None] | None = None,
 ) -> Search[T]:
     """The largest setting in ``[0, top]`` whose outcome holds the budget.
 
@@ -79,6 +96,8 @@ def largest_within(
         integer: settings are whole numbers (a count of units).
         label: how reports name a setting.
         progress: called after each trial with ``(trial, done, most)``.
+        bound: the drop's upper confidence bound of an outcome, for the report (``judge``
+            decides whether it held).
     """
     lo, hi, setting = 0.0, float(top), float(top)
     trials: list[Trial] = []
@@ -88,7 +107,8 @@ def largest_within(
         started = time.perf_counter()
         outcome = evaluate(setting)
         drop, held = judge(outcome)
-        trials.append(Trial(setting, drop, held, time.perf_counter() - started, label(setting)))
+        trials.append(Trial(setting, drop, held, time.perf_counter() - started, label(setting),
+                            None if bound is None else bound(outcome)))
         if progress is not None:
             progress(trials[-1], k + 1, steps + 1)
         if held:

@@ -30,6 +30,7 @@ from onnxslim.quantize import QuantizeSettings
 from passes.fp16 import Fp16Options
 from passes.prune import PruneOptions
 from onnxslim.runtime import parse_shape_option
+from onnxslim.validate import RESAMPLES
 from passes._errors import OnnxSlimError, UsageError
 
 __all__ = ["main"]
@@ -162,7 +163,13 @@ def _eval_options(f: F) -> F:
                      help="Evaluate input and result on these samples before writing."),
         click.option("--metric", metavar="MODULE:FUNC", help="Task metric for --eval (see `onnxslim validate`)."),
         click.option("--max-drop", type=click.FloatRange(min=0), metavar="X",
-                     help="With --eval: when accuracy/metric drops more than X, write nothing and exit 1."),
+                     help="With --eval: the largest accuracy/metric drop allowed (quantize: the most int8 within it; "
+                          "prune --search: the largest ratio); when none holds, write nothing and exit 1."),
+        click.option("--confidence", type=click.FloatRange(min=0, max=1, max_open=True), default=0.9,
+                     show_default=True, metavar="C",
+                     help="With --max-drop: the drop must hold at this confidence, judged by its upper bound over "
+                          f"{RESAMPLES} bootstrap resamples of the --eval samples (what to expect on other data like "
+                          "them); 0 judges the drop measured on them."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -170,10 +177,11 @@ def _eval_options(f: F) -> F:
 
 
 def _flow(data: Path | None, skip_nonfinite: bool, verify: bool, shape: tuple[str, ...], eval_data: Path | None = None,
-          metric: str | None = None, max_drop: float | None = None) -> FlowOptions:
+          metric: str | None = None, max_drop: float | None = None, confidence: float = 0.9) -> FlowOptions:
     if (metric is not None or max_drop is not None) and eval_data is None:
         raise click.UsageError("--metric and --max-drop need --eval DATA")
-    evaluation = None if eval_data is None else EvalRequest(eval_data, metric=metric, max_drop=max_drop)
+    evaluation = None if eval_data is None else EvalRequest(eval_data, metric=metric, max_drop=max_drop,
+                                                            confidence=confidence)
     return FlowOptions(verify=verify, data=data, shapes=_shapes(shape), evaluation=evaluation,
                        skip_nonfinite=skip_nonfinite)
 
@@ -339,7 +347,7 @@ def calibrate_cmd(model: Path, calib: Path, output: Path, method: str, samples: 
 def quantize_cmd(ctx: click.Context, model: Path, output: Path, mode: str, calib: Path | None, table: Path | None,
                  method: str, samples: int | None, per_channel: bool, activations: str, reduce_range: bool | None,
                  exclude_ops: tuple[str, ...], exclude_nodes: tuple[str, ...], report_errors: Path | None,
-                 bias_correction: bool, learned_rounding: bool, equalize: bool, eval_data: Path | None, metric: str | None, max_drop: float | None, data: Path | None,
+                 bias_correction: bool, learned_rounding: bool, equalize: bool, eval_data: Path | None, metric: str | None, max_drop: float | None, confidence: float, data: Path | None,
                  skip_nonfinite: bool, verify: bool, shape: tuple[str, ...], as_json: bool) -> None:
     """Quantize MODEL to int8 and report size, fused int8 nodes, latency and (with --eval) accuracy."""
     source = ctx.get_parameter_source("activations")
@@ -349,7 +357,7 @@ def quantize_cmd(ctx: click.Context, model: Path, output: Path, mode: str, calib
                                 reduce_range=reduce_range, exclude_ops=exclude_ops, exclude_nodes=exclude_nodes,
                                 report_errors=report_errors, bias_correction=bias_correction,
                                 equalize=equalize, learned_rounding=learned_rounding)
-    flow = _flow(data, skip_nonfinite, verify, shape, eval_data, metric, max_drop)
+    flow = _flow(data, skip_nonfinite, verify, shape, eval_data, metric, max_drop, confidence)
     with _stages() as progress:
         report = api.quantize_file(model, output, settings=settings, calib=calib, table=table, flow=flow,
                                    progress=progress)
@@ -393,7 +401,7 @@ def quantize_cmd(ctx: click.Context, model: Path, output: Path, mode: str, calib
 @_errors_to_exit_code
 def prune_cmd(model: Path, output: Path | None, ratio: float, criterion: str | None, allocation: str | None, per_layer: bool,
               round_to: int, exclude_nodes: tuple[str, ...], calib: Path | None, samples: int | None, reconstruct: bool | None,
-              dry_run: bool, eval_data: Path | None, metric: str | None, max_drop: float | None, search: bool,
+              dry_run: bool, eval_data: Path | None, metric: str | None, max_drop: float | None, confidence: float, search: bool,
               search_steps: int, data: Path | None, skip_nonfinite: bool, verify: bool, shape: tuple[str, ...],
               as_json: bool) -> None:
     """Remove the least important channels of MODEL: a physically smaller model, same interface."""
@@ -407,7 +415,7 @@ def prune_cmd(model: Path, output: Path | None, ratio: float, criterion: str | N
         return
     if output is None:
         raise click.UsageError("-o/--output is required (or use --dry-run)")
-    flow = _flow(data, skip_nonfinite, verify, shape, eval_data, metric, max_drop)
+    flow = _flow(data, skip_nonfinite, verify, shape, eval_data, metric, max_drop, confidence)
     with _stages() as progress:
         if search:
             report = api.prune_search(model, output, options=options, calib=calib, samples=samples, flow=flow,
@@ -433,18 +441,21 @@ def prune_cmd(model: Path, output: Path | None, ratio: float, criterion: str | N
 @click.option("--min-sqnr", type=float, metavar="DB", help="Gate: every float output's SQNR >= DB.")
 @click.option("--min-cosine", type=float, metavar="C", help="Gate: every float output's cosine similarity >= C.")
 @click.option("--max-drop", type=float, metavar="X", help="Gate: labeled accuracy / metric drop <= X (0.01 = one point).")
+@click.option("--confidence", type=click.FloatRange(min=0, max=1, max_open=True), default=0.9, show_default=True,
+              metavar="C", help=f"With --max-drop: the drop's upper bound at this confidence over {RESAMPLES} bootstrap "
+                                "resamples of the samples must hold too; 0 judges the measured drop only.")
 @click.option("--graph-opt", type=click.Choice(["disable", "basic", "extended", "all"]), default="all", show_default=True,
               help="onnxruntime graph optimization level for both models.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @_errors_to_exit_code
 def validate_cmd(reference: Path, candidate: Path, data: Path | None, samples: int | None, shape: tuple[str, ...],
                  metric: str | None, min_sqnr: float | None, min_cosine: float | None, max_drop: float | None,
-                 graph_opt: str, as_json: bool) -> None:
+                 confidence: float, graph_opt: str, as_json: bool) -> None:
     """Compare CANDIDATE with REFERENCE on the same samples; gates set the exit code."""
     with _progress("validating") as tick:
         report = api.validate(reference, candidate, data=data, samples=samples, shapes=_shapes(shape), metric=metric,
-                              min_sqnr=min_sqnr, min_cosine=min_cosine, max_drop=max_drop, graph_opt=graph_opt,
-                              progress=tick)
+                              min_sqnr=min_sqnr, min_cosine=min_cosine, max_drop=max_drop, confidence=confidence,
+                              graph_opt=graph_opt, progress=tick)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.render())
     if not report.passed:
         raise click.ClickException(f"gate not met: {report.failures[0]}")

@@ -258,6 +258,7 @@ class EvalRequest:
     metric: str | None = None
     max_drop: float | None = None
     samples: int | None = None
+    confidence: float = 0.9  # the gate holds the drop's upper bound at this confidence (0: the measured drop)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -431,7 +432,8 @@ def run_flow(
     validation = None
     if eval_data is not None:
         validation = validate(original, result, data=eval_data, metric=evaluation.metric, loaded_metric=metric,
-                              max_drop=evaluation.max_drop, reference_name=str(input_path),
+                              max_drop=evaluation.max_drop, confidence=evaluation.confidence,
+                              reference_name=str(input_path),
                               candidate_name=str(output_path or "result"))
     extra = work.describe(result) if work.describe is not None else None
     report = PassReport(str(input_path), None if output_path is None else str(output_path),

@@ -21,7 +21,7 @@ from typing import Any
 import onnx
 
 from calibration.datasets import Dataset
-from onnxslim.budget import Trial, drop_of, largest_within
+from onnxslim.budget import Trial, bound_of, drop_of, largest_within
 from onnxslim.flow import FlowOptions, Outcome, PassReport, Plan, open_data, run_flow, write_outcome
 from onnxslim.io import check_output_path, load_model
 from onnxslim.validate import ValidationReport
@@ -60,8 +60,8 @@ class PruneReport:
         """JSON-ready form."""
         out = self.base.to_dict()
         if self.trials:
-            out["search"] = [{"ratio": t.setting, "drop": t.drop, "passed": t.passed, "seconds": round(t.seconds, 2)}
-                             for t in self.trials]
+            out["search"] = [{"ratio": t.setting, "drop": t.drop, "bound": t.bound, "passed": t.passed,
+                              "seconds": round(t.seconds, 2)} for t in self.trials]
         return out
 
     def render(self, *, verbose: bool = False) -> str:
@@ -70,8 +70,7 @@ class PruneReport:
         if self.trials:
             chosen = self.chosen
             lines.append("search (eval data chose the ratio: hold out other data to report accuracy): "
-                         + ", ".join(f"ratio {t.setting:.3f} drop {t.drop:+.4f} {'ok' if t.passed else 'over'}"
-                                     for t in self.trials)
+                         + ", ".join(f"ratio {t.setting:.3f} {t.describe()}" for t in self.trials)
                          + (f"; kept ratio {chosen.setting:.3f}" if chosen else "; no ratio met the gates, nothing written"))
         return "\n".join(lines)
 
@@ -175,11 +174,10 @@ def search_prune(
 
     def report_trial(trial: Trial, done: int, most: int) -> None:
         if progress is not None:
-            progress(f"search: ratio {trial.setting:.3f}, drop {trial.drop:+.4f}, "
-                     f"{'within' if trial.passed else 'over'} {evaluation.max_drop:g}", done, most)
+            progress(f"search: ratio {trial.setting:.3f}, {trial.describe()} {evaluation.max_drop:g}", done, most)
 
     search = largest_within(evaluate, lambda o: (drop_of(o.report.validation), o.report.passed), options.ratio,
-                            steps=steps, progress=report_trial)
+                            steps=steps, progress=report_trial, bound=lambda o: bound_of(o.report.validation))
     if search.best is None:
         return PruneReport(last[0].report, search.trials)
     return PruneReport(write_outcome(search.best, out).report, search.trials)

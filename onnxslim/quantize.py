@@ -33,7 +33,7 @@ from calibration.datasets import Dataset, IterableDataset
 from calibration.table import CalibrationTable
 from onnxslim.calibrate import Calibrate
 from onnxslim.cpu import detect_cpu
-from onnxslim.budget import Trial, drop_of, largest_within
+from onnxslim.budget import Trial, bound_of, drop_of, largest_within
 from onnxslim.flow import (FlowOptions, LatencyCheck, Outcome, PassReport, Plan, first_samples, open_data, run_flow,
                            write_outcome)
 from onnxslim.io import check_output_path, load_model, write_text_atomically
@@ -131,8 +131,7 @@ class QuantizeReport:
         """The pass report, then what onnxruntime fused, then the budget search."""
         lines = [self.base.render(verbose=verbose), f"fusion: {self.fusion.verdict()}"]
         if self.search:
-            tried = ", ".join(f"{t.label}: drop {t.drop:+.4f} {'ok' if t.passed else 'over'} ({t.seconds:.0f} s)"
-                              for t in self.search)
+            tried = ", ".join(f"{t.label}: {t.describe()} ({t.seconds:.0f} s)" for t in self.search)
             kept = (f"kept {len(self.float_units)} units float" if self.base.written
                     else "no float set tried met --max-drop, nothing written")
             lines.append(f"budget search ({len(self.search)} evaluations; the eval data chose the float set, so "
@@ -352,12 +351,12 @@ def _within_budget(input_path: str | os.PathLike[str], output_path: str | os.Pat
 
     def said(trial: Trial, done: int, most: int) -> None:
         if job.progress is not None:
-            job.progress(f"budget: {trial.label}, drop {trial.drop:+.4f}, {'within' if trial.passed else 'over'}",
-                         done, most)
+            job.progress(f"budget: {trial.label}, {trial.describe()}", done, most)
 
     search = largest_within(evaluate, lambda o: (drop_of(o.report.validation), o.report.passed), total,
                             steps=max(1, math.ceil(math.log2(total + 1))) + 1, integer=True,
-                            label=lambda k: f"{total - int(k)} of {total} units float", progress=said)
+                            label=lambda k: f"{total - int(k)} of {total} units float", progress=said,
+                            bound=lambda o: bound_of(o.report.validation))
     trials = (dataclasses.replace(search.trials[0], seconds=first_seconds), *search.trials[1:])  # run before the search
     if search.best is None:
         last = outcomes[int(trials[-1].setting)]
