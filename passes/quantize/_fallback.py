@@ -7,11 +7,16 @@ Policy rule (e). With samples of the user's data (``RunContext.dataset``):
    samples, exposing every quantized tensor: in the float model the tensor itself, in the
    quantized model its DequantizeLinear output — like with like, so when a Relu was absorbed
    both sides are post-Relu values;
-3. if every graph output's SQNR (summed over samples) reaches ``fallback_min_sqnr``, stop;
+3. if every graph output's SQNR (summed over samples) reaches ``fallback_target_sqnr`` (at least
+   ``fallback_min_sqnr``, the floor verification holds), stop;
 4. else rank units by the SQNR they *lose*: ``min SQNR of its inputs - SQNR of its output`` (the
    unit's own contribution, not error it inherited; a self-gate group — producer, gate, Mul —
    counts as one unit, policy rule (g)), add the worst few to the float set, and
    go to 1 — at most ``fallback_max_fraction`` of the units, in at most ``_ROUNDS`` rounds.
+
+When the target is not reached, the round whose worst output part came closest is returned
+(returning more units does not always raise the SQNR); if even that misses the floor, the
+pass's verification refuses it and names the units.
 
 The stats say which nodes fell back and the output SQNR before and after.
 """
@@ -280,19 +285,24 @@ def quantize_with_fallback(model: onnx.ModelProto, table, options, dataset, *,
             break
         samples.append({k: np.asarray(v) for k, v in s.items()})
     extra: set[str] = set(options.keep_float)
-    first = None
+    floor = options.fallback_min_sqnr
+    target = max(floor, options.fallback_target_sqnr if options.fallback_target_sqnr is not None else floor)
+    first = best = None
     for _round in range(_ROUNDS):
         quant, stats = quantize(model, table, options, extra_float=frozenset(extra))
         details = UnitDetails.from_stats(stats)
         outputs = details.output_parts
-        sqnr = measure(model, quant, details, samples, floor=options.fallback_min_sqnr)
-        failing = [o for o in outputs if sqnr.get(o, math.inf) < options.fallback_min_sqnr]
+        sqnr = measure(model, quant, details, samples, floor=target)
+        failing = [o for o in outputs if sqnr.get(o, math.inf) < target]
         worst = min((sqnr[o] for o in outputs if o in sqnr), default=math.inf)
         stats["fallback: output parts SQNR dB"] = {o: round(sqnr.get(o, math.inf), 2) for o in outputs}
+        stats["fallback: nodes kept float"] = sorted(extra)
         first = worst if first is None else first
+        if best is None or worst > best[0]:
+            best = (worst, quant, stats, details)
         log.debug("fallback round %d: worst output SQNR %.1f dB, %d float", _round, worst, len(extra))
         limit = int(options.fallback_max_fraction * (stats["nodes_quantized"] + len(extra)))
-        if worst >= options.fallback_min_sqnr or len(extra) >= limit:
+        if worst >= target or len(extra) >= limit:
             break
         step = max(1, min(limit - len(extra), math.ceil(0.05 * len(details.unit_io))))
         ranked = [names for names in most_damaging(model, details, sqnr, failing) if not set(names) <= extra]
@@ -300,7 +310,7 @@ def quantize_with_fallback(model: onnx.ModelProto, table, options, dataset, *,
             break
         for names in ranked[:step]:
             extra.update(names)
+    worst, quant, stats, details = best  # the target missed: the round closest to it (more float is not always closer)
     stats["fallback: output SQNR dB before"] = round(first, 2)
     stats["fallback: output SQNR dB after"] = round(worst, 2)
-    stats["fallback: nodes kept float"] = sorted(extra)
     return quant, stats, details

@@ -60,3 +60,31 @@ def test_the_pipeline_refuses_with_that_message_and_a_metric_gate_replaces_it() 
 
 def test_fallback_samples_are_the_verification_samples() -> None:
     assert StaticQuantOptions().fallback_samples == VERIFY_SAMPLES
+
+
+def _all_int8_sqnr(model, ctx, samples) -> float:
+    result = QuantizeStaticPass(StaticQuantOptions(fallback_min_sqnr=None)).apply(model, ctx)
+    sqnr = measure(model, result.model, result.details, samples)
+    return min(sqnr[o] for o in result.details.output_parts)
+
+
+def test_the_fallback_aims_at_its_target_and_verification_holds_the_floor() -> None:
+    """Target above what int8 reaches, floor below it: units go back to float, the target is
+    missed, the round closest to it is returned, and the pipeline writes it (the floor holds)."""
+    model = conv_relu_conv()
+    ctx, samples = _context(model)
+    reached = _all_int8_sqnr(model, ctx, samples)
+    options = StaticQuantOptions(fallback_min_sqnr=reached - 5, fallback_target_sqnr=300.0, fallback_max_fraction=0.5)
+    report = run_pipeline(model, [QuantizeStaticPass(options)], ctx, verify_feeds=samples)
+    stats = report.steps[0].stats
+    assert stats["fallback: nodes kept float"], stats  # it tried
+    assert stats["fallback: output SQNR dB before"] == pytest.approx(reached, abs=0.01)
+    assert stats["fallback: output SQNR dB after"] >= stats["fallback: output SQNR dB before"]
+    assert stats["fallback: output SQNR dB after"] < 300.0
+    # a target int8 already reaches costs nothing
+    met = QuantizeStaticPass(StaticQuantOptions(fallback_target_sqnr=reached - 1)).apply(model, ctx)
+    assert met.stats["fallback: nodes kept float"] == []
+    # a target below the floor is the floor
+    low = QuantizeStaticPass(StaticQuantOptions(fallback_min_sqnr=300.0, fallback_target_sqnr=1.0,
+                                                fallback_max_fraction=0.5)).apply(model, ctx)
+    assert low.stats["fallback: nodes kept float"]
