@@ -243,6 +243,10 @@ def test_quantize_static_end_to_end(runner: CliRunner, lenet_path: Path, tmp_pat
     assert doc["fusion"]["int8"].get("QLinearConv") == 2  # onnxruntime really runs the convs in int8
     assert doc["latency"]["input_p50_ms"] > 0 and doc["latency"]["output_p50_ms"] > 0
     assert doc["validation"]["accuracy"]["drop"] <= 0.005
+    # the budget held at --confidence 0.9 (the default): the written trial's bound is within it too
+    written = [t for t in doc["budget_search"]["trials"] if t["passed"]]
+    assert written and all(t["bound"] is not None and t["bound"] <= 0.005 for t in written)
+    assert doc["validation"]["accuracy"]["bound"] <= 0.005 and doc["validation"]["gates"]["confidence"] == 0.9
     assert any("reduce-range" in note for note in doc["notes"])  # the CPU-dependent choice is stated
     assert out.stat().st_size < 0.4 * lenet_path.stat().st_size
 

@@ -57,7 +57,9 @@ def test_search_writes_the_largest_ratio_within_max_drop(lenet_path: Path, tmp_p
     for t in trials[1:]:  # each next ratio halves the interval between the best pass and the least failure
         assert t["ratio"] == pytest.approx((lo + hi) / 2)
         lo, hi = (t["ratio"], hi) if t["passed"] else (lo, t["ratio"])
-    assert all(t["passed"] == (t["drop"] <= 0.02) for t in trials), trials
+    # --confidence 0.9 by default: a measured drop within the budget gets its bound, which must hold too
+    assert all((t["bound"] is not None) == (t["drop"] <= 0.02) for t in trials), trials
+    assert all(t["passed"] == (t["drop"] <= 0.02 and t["bound"] <= 0.02) for t in trials), trials
     chosen = max((t for t in trials if t["passed"]), key=lambda t: t["ratio"])
     assert chosen["ratio"] == lo > 0.0
     # the file written is the chosen ratio's model: the same drop measured again, fewer parameters
