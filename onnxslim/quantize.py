@@ -75,6 +75,7 @@ class QuantizeSettings:
     bias_correction: bool = False
     equalize: bool = False
     learned_rounding: bool = False
+    target_sqnr: float = 15.0  # the fallback's aim per output part (dB); the floor of 5 dB holds regardless
 
     def __post_init__(self) -> None:
         if self.mode not in ("static", "dynamic"):
@@ -83,6 +84,8 @@ class QuantizeSettings:
             raise UsageError("--report-errors applies to static mode (dynamic activations have no fixed ranges)")
         if self.bias_correction and self.mode != "static":
             raise UsageError("--bias-correction applies to static mode (it measures on --calib)")
+        if self.target_sqnr != 15.0 and self.mode != "static":
+            raise UsageError("--target-sqnr applies to static mode (the fallback measures on --calib)")
         if self.learned_rounding and self.mode != "static":
             raise UsageError("--learned-rounding applies to static mode (it measures on --calib)")
         if self.equalize and self.mode != "static":
@@ -168,7 +171,7 @@ def _quantize_pass(settings: QuantizeSettings, reduce_range: bool, **static: Any
         per_channel=settings.per_channel, activations=settings.activations, reduce_range=reduce_range,
         exclude_ops=settings.exclude_ops, exclude_nodes=settings.exclude_nodes,
         bias_correction=settings.bias_correction, choose_ranges=settings.method == "auto",
-        learned_rounding=settings.learned_rounding, **static))
+        learned_rounding=settings.learned_rounding, fallback_target_sqnr=settings.target_sqnr, **static))
 
 
 @dataclasses.dataclass(frozen=True)

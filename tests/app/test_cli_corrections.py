@@ -74,3 +74,23 @@ def test_a_budget_search_through_the_api_may_skip_the_timing(tmp_path: Path) -> 
     report = quantize_file(LENET, out, calib=CALIB, settings=QuantizeSettings(latency_runs=0),
                            flow=FlowOptions(evaluation=EvalRequest(TEST, max_drop=0.01)))
     assert out.exists() and report.search and report.base.latency is None
+
+
+def test_target_sqnr_sets_how_far_the_fallback_goes(tmp_path: Path) -> None:
+    """LeNet-5's all-int8 output is near 44 dB: the default 15 dB target floats nothing, an
+    unreachable target floats what the unit budget allows and still writes (the 5 dB floor holds)."""
+    def run(target: str) -> dict:
+        out = tmp_path / f"q{target}.onnx"
+        result = CliRunner().invoke(main, ["quantize", str(LENET), "-o", str(out), "--calib", str(CALIB), "--samples",
+                                           "32", "--target-sqnr", target, "--json"])
+        assert result.exit_code == 0, result.output
+        assert out.exists()
+        return json.loads(result.stdout)["steps"][2]["stats"]
+
+    default, greedy = run("15"), run("300")
+    assert default["fallback: nodes kept float"] == [] and default["fallback: output SQNR dB after"] > 15
+    assert greedy["fallback: nodes kept float"]
+    assert greedy["fallback: output SQNR dB after"] >= default["fallback: output SQNR dB after"]
+    usage = CliRunner().invoke(main, ["quantize", str(LENET), "-o", str(tmp_path / "d.onnx"), "--mode", "dynamic",
+                                      "--target-sqnr", "20"])
+    assert usage.exit_code == 2 and "--target-sqnr applies to static mode" in usage.output
