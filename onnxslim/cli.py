@@ -29,6 +29,7 @@ from onnxslim.io import check_output_path, load_model
 from onnxslim.quantize import QuantizeSettings
 from passes.fp16 import Fp16Options
 from passes.prune import PruneOptions
+from passes.quantize import TARGET_SQNR_DB
 from onnxslim.runtime import parse_shape_option
 from onnxslim.validate import RESAMPLES
 from passes._errors import OnnxSlimError, UsageError
@@ -337,7 +338,7 @@ def calibrate_cmd(model: Path, calib: Path, output: Path, method: str, samples: 
 @click.option("--learned-rounding/--no-learned-rounding", default=False, show_default=True,
               help="Static mode: round each Conv/Gemm/MatMul weight to keep the layer's output (not each weight) "
                    "close on the calibration samples.")
-@click.option("--target-sqnr", type=click.FloatRange(min=0), default=15.0, show_default=True, metavar="DB",
+@click.option("--target-sqnr", type=click.FloatRange(min=0), default=TARGET_SQNR_DB, show_default=True, metavar="DB",
               help="Static mode with --calib: the fallback returns the units that lose the most to float until "
                    "every output part reaches DB SQNR against float, or a quarter of the units are float; "
                    "5 (the floor) keeps the most int8.")

@@ -44,6 +44,7 @@ from passes.quantize._diagnose import render_error_report
 from passes._base import RunContext
 from passes._errors import CalibrationError, DataError, UsageError
 from passes.quantize import (
+    TARGET_SQNR_DB,
     DynamicQuantOptions,
     EqualizePass,
     PrepareForQuantizationPass,
@@ -75,7 +76,7 @@ class QuantizeSettings:
     bias_correction: bool = False
     equalize: bool = False
     learned_rounding: bool = False
-    target_sqnr: float = 15.0  # the fallback's aim per output part (dB); the floor of 5 dB holds regardless
+    target_sqnr: float = TARGET_SQNR_DB  # the fallback's aim per output part (dB); the floor of 5 dB holds regardless
 
     def __post_init__(self) -> None:
         if self.mode not in ("static", "dynamic"):
@@ -84,7 +85,7 @@ class QuantizeSettings:
             raise UsageError("--report-errors applies to static mode (dynamic activations have no fixed ranges)")
         if self.bias_correction and self.mode != "static":
             raise UsageError("--bias-correction applies to static mode (it measures on --calib)")
-        if self.target_sqnr != 15.0 and self.mode != "static":
+        if self.target_sqnr != TARGET_SQNR_DB and self.mode != "static":
             raise UsageError("--target-sqnr applies to static mode (the fallback measures on --calib)")
         if self.learned_rounding and self.mode != "static":
             raise UsageError("--learned-rounding applies to static mode (it measures on --calib)")

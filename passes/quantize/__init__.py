@@ -11,9 +11,10 @@ from passes.quantize._equalize import EqualizePass
 from passes.quantize._policy import PolicyOptions
 from passes.quantize._prepare import PrepareForQuantizationPass, PrepareOptions
 from passes.quantize._rules import RULES, OpRule
-from passes.quantize._static import QuantizeStaticPass, StaticQuantOptions, quantize_static
+from passes.quantize._static import TARGET_SQNR_DB, QuantizeStaticPass, StaticQuantOptions, quantize_static
 
 __all__ = [
+    "TARGET_SQNR_DB",
     "DynamicQuantOptions",
     "EqualizePass",
     "QuantizeDynamicPass",

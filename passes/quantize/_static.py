@@ -41,9 +41,12 @@ from passes.quantize._rounding import learned_weights, rounding_targets
 from passes.quantize._rules import node_label
 from passes.quantize._policy import PolicyDecision, PolicyOptions, decide
 
-__all__ = ["StaticQuantOptions", "QuantizeStaticPass", "quantize_static"]
+__all__ = ["StaticQuantOptions", "QuantizeStaticPass", "quantize_static", "TARGET_SQNR_DB"]
 
 log = logging.getLogger(__name__)
+
+#: the fallback's default aim per output part (``StaticQuantOptions.fallback_target_sqnr``)
+TARGET_SQNR_DB = 15.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +112,7 @@ class StaticQuantOptions:
     exclude_nodes: tuple[str, ...] = ()
     policy: PolicyOptions = PolicyOptions()
     fallback_min_sqnr: float | None = 5.0
-    fallback_target_sqnr: float | None = 15.0
+    fallback_target_sqnr: float | None = TARGET_SQNR_DB
     fallback_samples: int = VERIFY_SAMPLES
     fallback_max_fraction: float = 0.25
     keep_float: tuple[str, ...] = ()
