@@ -157,6 +157,15 @@ def _flow_options(f: F) -> F:
     return f
 
 
+def _confidence_option(samples: str) -> Callable[[F], F]:
+    """``--confidence``: the same gate on every command with ``--max-drop``."""
+    return click.option("--confidence", type=click.FloatRange(min=0, max=1, max_open=True), default=0.9,
+                        show_default=True, metavar="C",
+                        help="With --max-drop: the drop must hold at this confidence too, judged by its upper bound "
+                             f"over {RESAMPLES} bootstrap resamples of the {samples} (what to expect on other data "
+                             "like them); 0 judges the drop measured on them.")
+
+
 def _eval_options(f: F) -> F:
     """--eval, --metric, --max-drop."""
     options = [
@@ -166,11 +175,7 @@ def _eval_options(f: F) -> F:
         click.option("--max-drop", type=click.FloatRange(min=0), metavar="X",
                      help="With --eval: the largest accuracy/metric drop allowed (quantize: the most int8 within it; "
                           "prune --search: the largest ratio); when none holds, write nothing and exit 1."),
-        click.option("--confidence", type=click.FloatRange(min=0, max=1, max_open=True), default=0.9,
-                     show_default=True, metavar="C",
-                     help="With --max-drop: the drop must hold at this confidence, judged by its upper bound over "
-                          f"{RESAMPLES} bootstrap resamples of the --eval samples (what to expect on other data like "
-                          "them); 0 judges the drop measured on them."),
+        _confidence_option("--eval samples"),
     ]
     for option in reversed(options):
         f = option(f)
@@ -446,9 +451,7 @@ def prune_cmd(model: Path, output: Path | None, ratio: float, criterion: str | N
 @click.option("--min-sqnr", type=float, metavar="DB", help="Gate: every float output's SQNR >= DB.")
 @click.option("--min-cosine", type=float, metavar="C", help="Gate: every float output's cosine similarity >= C.")
 @click.option("--max-drop", type=float, metavar="X", help="Gate: labeled accuracy / metric drop <= X (0.01 = one point).")
-@click.option("--confidence", type=click.FloatRange(min=0, max=1, max_open=True), default=0.9, show_default=True,
-              metavar="C", help=f"With --max-drop: the drop's upper bound at this confidence over {RESAMPLES} bootstrap "
-                                "resamples of the samples must hold too; 0 judges the measured drop only.")
+@_confidence_option("samples")
 @click.option("--graph-opt", type=click.Choice(["disable", "basic", "extended", "all"]), default="all", show_default=True,
               help="onnxruntime graph optimization level for both models.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")

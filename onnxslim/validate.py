@@ -437,7 +437,7 @@ class _RunResult:
         self.count += 1
 
     def accuracy(self, labels: np.ndarray | None, notes: list[str], *, strict: bool, confidence: float = 0.0,
-                 resamples: int = RESAMPLES) -> AccuracyReport | None:
+                 within: float | None = None, resamples: int = RESAMPLES) -> AccuracyReport | None:
         """Top-1 accuracy of the first ``[N, C]`` class output against ``labels``.
 
         ``labels`` are the dataset's, one per sample; those of the samples run (the first
@@ -446,7 +446,8 @@ class _RunResult:
         labels that are not one integer class id per prediction within ``[0, C)`` are a
         :class:`DataError` saying what is wrong; otherwise such labels (a metric's boxes or
         intervals) are the metric's, and labeled accuracy is not measured (a note says why).
-        With ``confidence``, the report carries the drop's upper bound (:func:`drop_bound`).
+        With ``confidence`` and a drop no larger than ``within``, the report carries the drop's
+        upper bound (:func:`drop_bound`; a drop over ``within`` fails without it).
         """
         if labels is None:
             return None
@@ -467,7 +468,7 @@ class _RunResult:
             notes.append(f"labels are not class ids of '{name}' ({err}); labeled accuracy not measured")
             return None
         report = AccuracyReport(name, len(truth), float(np.mean(ref == truth)), float(np.mean(cand == truth)))
-        if confidence > 0:
+        if confidence > 0 and within is not None and report.drop <= within:
             right_ref, right_cand = (ref == truth).astype(np.float64), (cand == truth).astype(np.float64)
             report = dataclasses.replace(report, bound=drop_bound(
                 lambda idx: float(np.mean(right_ref[idx]) - np.mean(right_cand[idx])), len(truth), confidence,
@@ -522,10 +523,9 @@ def _gate_failures(
             failures.append(f"output '{out.name}': cosine {out.cosine:.6f} < {gates['min_cosine']:g}")
     if "max_drop" in gates:
         limit = gates["max_drop"]
-        for what, report in ((f"labeled accuracy ('{accuracy.output}')" if accuracy else "", accuracy),
-                             (f"metric {metric.headline}" if metric else "", metric)):
-            if report is None:
-                continue
+        judged = ([(f"labeled accuracy ('{accuracy.output}')", accuracy)] if accuracy else []) + \
+                 ([(f"metric {metric.headline}", metric)] if metric else [])
+        for what, report in judged:
             if report.drop > limit:
                 failures.append(f"{what} dropped {report.drop:.4f} > {limit:g}")
             elif report.bound is not None and report.bound > limit:
@@ -660,9 +660,8 @@ def validate(
         cand_value = _as_metric_dict(metric_fn(result.cand_outputs, result.ref_outputs, dataset), metric)
         metric_report = MetricReport(metric, ref_value, cand_value)
     bounded = confidence > 0 and max_drop is not None
-    accuracy = result.accuracy(dataset.labels, notes, strict=metric_fn is None)
-    if bounded and accuracy is not None and accuracy.drop <= max_drop:  # over the limit already: no bound needed
-        accuracy = result.accuracy(dataset.labels, [], strict=False, confidence=confidence, resamples=resamples)
+    accuracy = result.accuracy(dataset.labels, notes, strict=metric_fn is None, confidence=confidence,
+                               within=max_drop, resamples=resamples)
     if bounded and metric_report is not None and metric_report.drop <= max_drop:
         if runner is not None:
             notes.append("no confidence bound on the metric's drop: its task runner's results need not be one per "
