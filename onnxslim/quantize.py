@@ -258,6 +258,12 @@ def quantize_file(
     return QuantizeReport(outcome.report, outcome.extra)
 
 
+def _error_report(outcome: Outcome) -> dict | None:
+    """The static pass's error report in ``outcome`` (``report_errors``), if it built one."""
+    step = next((s for s in outcome.report.pipeline.steps if s.name == QuantizeStaticPass.name), None)
+    return getattr(step.details, "errors", None) if step is not None else None
+
+
 def _write_error_report(outcome: Outcome, path: Path | None) -> None:
     """Write the error report (JSON at ``path``, Markdown beside it) when one was asked for.
 
@@ -265,8 +271,7 @@ def _write_error_report(outcome: Outcome, path: Path | None) -> None:
     """
     if path is None:
         return
-    step = next((s for s in outcome.report.pipeline.steps if s.name == QuantizeStaticPass.name), None)
-    errors = getattr(step.details, "errors", None) if step is not None else None
+    errors = _error_report(outcome)
     if errors is None:
         raise CalibrationError("--report-errors needs calibration samples (--calib): the table alone has none")
     path = Path(path)
@@ -297,8 +302,7 @@ def _by_effect_alone(outcome: Outcome) -> list[dict[str, Any]]:
     to float last.
     """
     sensitivity = outcome.report.step_stats(QuantizeStaticPass.name).get("sensitivity", [])
-    step = next((s for s in outcome.report.pipeline.steps if s.name == QuantizeStaticPass.name), None)
-    errors = getattr(step.details, "errors", None) if step is not None else None
+    errors = _error_report(outcome)
     alone = {tuple(u["units"]): u.get("alone_db") for u in (errors or {}).get("units", [])}
     out = []
     for entry in sensitivity:
