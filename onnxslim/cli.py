@@ -343,10 +343,10 @@ def calibrate_cmd(model: Path, calib: Path, output: Path, method: str, samples: 
 @click.option("--learned-rounding/--no-learned-rounding", default=False, show_default=True,
               help="Static mode: round each Conv/Gemm/MatMul weight to keep the layer's output (not each weight) "
                    "close on the calibration samples.")
-@click.option("--target-sqnr", type=click.FloatRange(min=0), default=TARGET_SQNR_DB, show_default=True, metavar="DB",
+@click.option("--target-sqnr", type=click.FloatRange(min=0), default=None, metavar="DB",
               help="Static mode with --calib: the fallback returns the units that lose the most to float until "
-                   "every output part reaches DB SQNR against float, or a quarter of the units are float; "
-                   "5 (the floor) keeps the most int8.")
+                   f"every output part reaches DB SQNR against float, or a quarter of the units are float "
+                   f"[default: {TARGET_SQNR_DB:g}]; 5 (the floor) keeps the most int8.")
 @click.option("--equalize/--no-equalize", default=False, show_default=True,
               help="Static mode: cross-layer equalization of Conv -> (Relu/LeakyRelu/PRelu/MaxPool) -> Conv chains "
                    "before calibrating (exact in float; evens the weight ranges per channel pair).")
@@ -357,7 +357,7 @@ def calibrate_cmd(model: Path, calib: Path, output: Path, method: str, samples: 
 def quantize_cmd(ctx: click.Context, model: Path, output: Path, mode: str, calib: Path | None, table: Path | None,
                  method: str, samples: int | None, per_channel: bool, activations: str, reduce_range: bool | None,
                  exclude_ops: tuple[str, ...], exclude_nodes: tuple[str, ...], report_errors: Path | None,
-                 bias_correction: bool, learned_rounding: bool, target_sqnr: float, equalize: bool, eval_data: Path | None, metric: str | None, max_drop: float | None, confidence: float, data: Path | None,
+                 bias_correction: bool, learned_rounding: bool, target_sqnr: float | None, equalize: bool, eval_data: Path | None, metric: str | None, max_drop: float | None, confidence: float, data: Path | None,
                  skip_nonfinite: bool, verify: bool, shape: tuple[str, ...], as_json: bool) -> None:
     """Quantize MODEL to int8 and report size, fused int8 nodes, latency and (with --eval) accuracy."""
     source = ctx.get_parameter_source("activations")

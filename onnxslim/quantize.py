@@ -76,7 +76,7 @@ class QuantizeSettings:
     bias_correction: bool = False
     equalize: bool = False
     learned_rounding: bool = False
-    target_sqnr: float = TARGET_SQNR_DB  # the fallback's aim per output part (dB); the floor of 5 dB holds regardless
+    target_sqnr: float | None = None  # the fallback's aim per output part (dB; None: TARGET_SQNR_DB); the 5 dB floor holds regardless
 
     def __post_init__(self) -> None:
         if self.mode not in ("static", "dynamic"):
@@ -85,7 +85,7 @@ class QuantizeSettings:
             raise UsageError("--report-errors applies to static mode (dynamic activations have no fixed ranges)")
         if self.bias_correction and self.mode != "static":
             raise UsageError("--bias-correction applies to static mode (it measures on --calib)")
-        if self.target_sqnr != TARGET_SQNR_DB and self.mode != "static":
+        if self.target_sqnr is not None and self.mode != "static":
             raise UsageError("--target-sqnr applies to static mode (the fallback measures on --calib)")
         if self.learned_rounding and self.mode != "static":
             raise UsageError("--learned-rounding applies to static mode (it measures on --calib)")
@@ -172,7 +172,7 @@ def _quantize_pass(settings: QuantizeSettings, reduce_range: bool, **static: Any
         per_channel=settings.per_channel, activations=settings.activations, reduce_range=reduce_range,
         exclude_ops=settings.exclude_ops, exclude_nodes=settings.exclude_nodes,
         bias_correction=settings.bias_correction, choose_ranges=settings.method == "auto",
-        learned_rounding=settings.learned_rounding, fallback_target_sqnr=settings.target_sqnr, **static))
+        learned_rounding=settings.learned_rounding, fallback_target_sqnr=TARGET_SQNR_DB if settings.target_sqnr is None else settings.target_sqnr, **static))
 
 
 @dataclasses.dataclass(frozen=True)
