@@ -275,11 +275,6 @@ class QuantizeStaticPass(Pass):
             out, stats, details = self._bias_corrected(model, ctx, out, stats, details, qs)
         stats.update(chosen)
         samples = [] if ctx.dataset is None else list(itertools.islice(ctx.dataset, opts.fallback_samples))
-        if opts.rank_units and samples and stats["nodes_quantized"]:
-            times = node_times(model, samples[0])
-            stats["sensitivity"] = [{"units": names, "loss_db": round(loss, 2),
-                                     "float_ms": round(sum(times.get(n, 0.0) for n in names), 4)}
-                                    for names, loss in rank_units(model, out, details, samples)]
         if opts.report_errors and samples and stats["nodes_quantized"]:
             alone = dataclasses.replace(opts, fallback_min_sqnr=None, keep_float=())
 
@@ -287,6 +282,16 @@ class QuantizeStaticPass(Pass):
                 return qs(model, ctx.calibration, alone, extra_float=floats)[0]
 
             details = dataclasses.replace(details, errors=error_report(model, out, details, samples, alone=only))
+        if opts.rank_units and samples and stats["nodes_quantized"]:
+            times = node_times(model, samples[0])
+            if details.errors is not None:  # the report measured the same losses on the same samples
+                ranked = sorted(((r["units"], r["loss_db"]) for r in details.errors["units"] if r["loss_db"] is not None),
+                                key=lambda r: (-r[1], r[0]))
+            else:
+                ranked = rank_units(model, out, details, samples)
+            stats["sensitivity"] = [{"units": names, "loss_db": round(loss, 2),
+                                     "float_ms": round(sum(times.get(n, 0.0) for n in names), 4)}
+                                    for names, loss in ranked]
         return PassResult(out, stats["nodes_quantized"] > 0, stats, details)
 
     def _samples(self, ctx: RunContext) -> list[dict[str, np.ndarray]]:

@@ -59,3 +59,28 @@ def test_the_search_ranks_by_the_effect_of_each_unit_alone() -> None:
                              pipeline=SimpleNamespace(steps=[step]))
     order = [u["units"][0] for u in return_order(_by_effect_alone(SimpleNamespace(report=report)))]
     assert order == ["head", "body", "idle"]
+
+
+def test_with_the_error_report_the_ranking_is_the_reports_own_measure() -> None:
+    """Asked for both (the budget's first trial), the pass ranks units from the error report's
+    per-tensor SQNR instead of measuring every tensor a second time: same units, same losses."""
+    nodes = [helper.make_node("Conv", ["x", "W1", "B1"], ["a"], name="c1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "W2", "B2"], ["b"], name="c2", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["b"], ["s"], name="relu2"),
+             helper.make_node("Conv", ["s", "W3", "B3"], ["y"], name="c3")]
+    inits = {"W1": _w(8, 3, 3, 3), "B1": _w(8, seed=1), "W2": _w(8, 8, 3, 3, seed=2), "B2": _w(8, seed=3),
+             "W3": _w(2, 8, 1, 1, seed=4), "B3": _w(2, seed=5)}
+    model = _model(nodes, [_vi("x", [1, 3, 12, 12])], [_vi("y", [1, 2, 12, 12])], inits)
+    samples = _feeds(model, 8, seed=1)
+    ctx = RunContext(calibration=collect(model, samples), dataset=IterableDataset(samples))
+
+    def ranking(**extra) -> dict[tuple[str, ...], float]:
+        options = StaticQuantOptions(rank_units=True, fallback_min_sqnr=None, **extra)
+        return {tuple(u["units"]): u["loss_db"] for u in QuantizeStaticPass(options).apply(model, ctx).stats["sensitivity"]}
+
+    alone, shared = ranking(), ranking(report_errors=True)
+    assert set(alone) == {("c1",), ("c2",), ("c3",)}
+    assert set(shared) == set(alone)
+    for unit, loss in alone.items():
+        assert abs(shared[unit] - loss) <= 0.011, unit
