@@ -54,7 +54,7 @@ from onnxslim.runtime import (
 )
 from passes._errors import OnnxSlimError
 
-__all__ = ["RUNTIMES", "PERCENTILE_METHOD", "MIN_RUNS_WITH_BUDGET", "BenchOptions", "BenchRow", "BenchReport", "bench", "side_by_side_runs"]
+__all__ = ["RUNTIMES", "PERCENTILE_METHOD", "MIN_RUNS_WITH_BUDGET", "BenchOptions", "BenchRow", "BenchReport", "bench", "op_type_times", "side_by_side_runs"]
 
 #: Engines ``--runtime`` accepts; every one but onnxruntime is an optional extra.
 RUNTIMES = ("onnxruntime", "openvino")
@@ -426,6 +426,33 @@ def _timed_rounds(
             say(f"timed runs: {r + 1}/{options.runs} round(s), {now - start:.0f} s")
             last = now
     return samples
+
+
+def op_type_times(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *, runs: int = 10, threads: int = 1,
+                  graph_opt: str = "all") -> dict[str, float]:
+    """Mean milliseconds per run each kernel type of ``model`` takes on ``feeds``, the most
+    costly first: onnxruntime's profiler on the optimized graph, so the types are what runs
+    (``QLinearConv``, a fused ``Conv``, a ``DequantizeLinear`` no fusion absorbed); ``runs`` runs
+    after one warm-up. Where a model's time goes, not how long it takes (profiling has a cost)."""
+    import json
+
+    with tempfile.TemporaryDirectory() as tmp:
+        session = make_session(model, threads=threads, graph_opt=graph_opt, profile_prefix=os.path.join(tmp, "profile"))
+        feeds = cast_feeds(feeds, model)
+        for _ in range(runs + 1):
+            run_model(session, feeds)
+        with open(session.end_profiling()) as f:
+            events = json.load(f)
+    timed = sorted((e["ts"], e["ts"] + e.get("dur", 0)) for e in events
+                   if e.get("cat") == "Session" and e.get("name") == "model_run")[1:]  # the warm-up run left out
+    totals: dict[str, float] = {}
+    for event in events:
+        if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
+            continue
+        if any(lo <= event.get("ts", -1) <= hi for lo, hi in timed):
+            op = event.get("args", {}).get("op_name", "?")
+            totals[op] = totals.get(op, 0.0) + event.get("dur", 0) / 1000.0
+    return {op: total / max(len(timed), 1) for op, total in sorted(totals.items(), key=lambda kv: -kv[1])}
 
 
 def side_by_side_runs(

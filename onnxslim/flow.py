@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 
 from calibration.datasets import Dataset, input_specs, prepare_dataset
-from onnxslim.bench import side_by_side_runs
+from onnxslim.bench import op_type_times, side_by_side_runs
 from onnxslim.io import check_output_path, load_model, model_file_size, save_model
 from onnxslim.pipeline import ContextStep, PipelineReport, run_pipeline
 from onnxslim.report import human_bytes, markdown_table
@@ -39,6 +39,8 @@ from passes._graph import check_names
 __all__ = [
     "ModelSize",
     "LatencyCheck",
+    "kernel_changes",
+    "CHANGED_KERNELS",
     "PassReport",
     "EvalRequest",
     "Plan",
@@ -73,6 +75,24 @@ class ModelSize:
         return cls(len(model.graph.node), sum(p.count for p in stats), sum(p.bytes for p in stats), file_bytes)
 
 
+#: kernel types listed when a result is not faster
+CHANGED_KERNELS = 5
+
+
+def kernel_changes(before: onnx.ModelProto, after: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
+                  *, runs: int = 10) -> tuple[tuple[str, float, float], ...]:
+    """The ``CHANGED_KERNELS`` kernel types whose time per run changed the most from ``before`` to
+    ``after`` on ``feeds`` (either way: a float Conv gone, the QLinearConv that replaced it):
+    ``(type, before ms, after ms)``."""
+    try:
+        a, b = op_type_times(before, feeds, runs=runs), op_type_times(after, feeds, runs=runs)
+    except OnnxSlimError:  # a diagnosis only: the timing it explains was measured
+        return ()
+    changed = sorted(((op, a.get(op, 0.0), b.get(op, 0.0)) for op in set(a) | set(b)),
+                     key=lambda r: (-abs(r[2] - r[1]), r[0]))
+    return tuple((op, round(x, 3), round(y, 3)) for op, x, y in changed[:CHANGED_KERNELS] if y != x)
+
+
 @dataclasses.dataclass(frozen=True)
 class LatencyCheck:
     """Input and result timed on one sample with 1 thread, round-robin in one process.
@@ -80,6 +100,12 @@ class LatencyCheck:
     ``ratios`` holds, per round, the result's time divided by the input's in that same round, so
     drift of a shared machine hits both alike. The verdict says "slower" or "faster" only when the
     middle half of those ratios lies wholly on one side of 1.
+
+    ``where``: when the result is not measurably faster, the kernel types whose time changed the
+    most, as ``(type, input ms, result ms)`` per run from onnxruntime's profiler
+    (:func:`op_type_times`) — e.g. on an int8 MobileNetV3-style model, the HardSwish halves and
+    Q/DQ that run in float between the int8 convolutions, where the float model fuses the
+    activation into its Conv.
     """
 
     input_p50_ms: float
@@ -88,6 +114,7 @@ class LatencyCheck:
     ratio_p25: float
     ratio_p50: float
     ratio_p75: float
+    where: tuple[tuple[str, float, float], ...] = ()
 
     @classmethod
     def measure(cls, models: Sequence[onnx.ModelProto], feeds: Mapping[str, np.ndarray], *, runs: int) -> LatencyCheck:
@@ -95,7 +122,8 @@ class LatencyCheck:
         before, after = side_by_side_runs(models, feeds, threads=1, runs=runs)
         ratios = np.asarray(after) / np.maximum(np.asarray(before), 1e-9)
         p25, p50, p75 = (float(v) for v in np.percentile(ratios, [25, 50, 75]))
-        return cls(float(np.median(before)), float(np.median(after)), len(ratios), p25, p50, p75)
+        where = kernel_changes(models[0], models[-1], feeds) if p75 >= 1.0 else ()  # not measurably faster
+        return cls(float(np.median(before)), float(np.median(after)), len(ratios), p25, p50, p75, where)
 
     @property
     def speedup(self) -> float:
@@ -121,6 +149,9 @@ class LatencyCheck:
                      "matters more")
         elif self.direction == "same":
             text += " -- no difference beyond the spread of the runs"
+        if self.where and self.direction != "faster":
+            text += ("; where the time changed (onnxruntime's kernels, ms per run, input -> " + label + "): "
+                     + ", ".join(f"{op} {a:.2f} -> {b:.2f}" for op, a, b in self.where))
         return text
 
     def to_dict(self) -> dict[str, Any]:

@@ -241,8 +241,10 @@ def make_session(
     threads: int = 0,
     graph_opt: str = "disable",
     optimized_model_path: str | None = None,
+    profile_prefix: str | None = None,
 ) -> ort.InferenceSession:
-    """Build a CPU session; ``threads=0`` lets onnxruntime choose.
+    """Build a CPU session; ``threads=0`` lets onnxruntime choose; with ``profile_prefix``,
+    onnxruntime's profiler writes there (``session.end_profiling()`` names the file).
 
     Raises:
         OnnxSlimError: onnxruntime refuses the model (its reason is in the message).
@@ -254,6 +256,9 @@ def make_session(
     opts.inter_op_num_threads = 1
     if optimized_model_path:
         opts.optimized_model_filepath = optimized_model_path
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     if isinstance(model, onnx.ModelProto):
         source: str | bytes = model.SerializeToString() if model.ByteSize() < _MAX_PROTO else ""
         if not source:
