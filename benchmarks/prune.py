@@ -53,7 +53,7 @@ from onnxslim.bench import BenchOptions, bench  # noqa: E402
 from onnxslim.report import markdown_table  # noqa: E402
 from passes._base import RunContext  # noqa: E402
 from passes.prune import PruneChannelsPass, PruneOptions  # noqa: E402
-from passes.simplify import SimplifyPass  # noqa: E402
+from passes.simplify import SimplifyOptions, SimplifyPass  # noqa: E402
 
 __all__ = ["MODELS", "MAX_DROP", "Row", "measure_model", "render", "main"]
 
@@ -117,7 +117,7 @@ def measure_model(name: str, *, ratio: float | None, calib_n: int | None, runs: 
     module = load_task(task)
     original_path = reference_model(module)
     original = onnx.load(str(original_path))
-    simplified = SimplifyPass().apply(original, RunContext()).model
+    simplified = SimplifyPass(SimplifyOptions(recompose_hardswish=False)).apply(original, RunContext()).model  # as prune does
     simplified_path = work / f"{name}.simplified.onnx"
     onnx.save(simplified, str(simplified_path))
     data = task_data(task, module, data_dir=DEFAULT_DATA_DIR, seed=0, n_eval=None, n_calib=calib_n or default_calib,

@@ -1,10 +1,12 @@
-"""Node counts after `onnxslim simplify` next to onnx-simplifier alone, on the zoo models.
+"""Node counts and latency after `onnxslim simplify` next to onnx-simplifier alone, on the zoo models.
 
-Run: ``python benchmarks/simplify.py [NAME ...]`` (fetches the zoo models on first use).
+Run: ``python benchmarks/simplify.py [NAME ...] [--runs N]`` (fetches the zoo models on first use).
 
 For each model: nodes before, after onnxsim alone (``onnxsim.simplify`` with its defaults,
-its own random check off), after ``onnxslim simplify``; wall time of each; and the largest
-output error of each against the original on one fixed input, relative to the output scale.
+its own random check off), after ``onnxslim simplify``; wall time of each; the largest output
+error of each against the original on one fixed input, relative to the output scale; and the
+p50 latency of each as a ratio to the original's, the three timed side by side (1 thread,
+``--runs`` interleaved rounds on the same input, :func:`onnxslim.bench.side_by_side_runs`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from onnxslim import zoo  # noqa: E402
 from onnxslim.api import FlowOptions, simplify_file  # noqa: E402
+from onnxslim.bench import side_by_side_runs  # noqa: E402
 from onnxslim.report import markdown_table  # noqa: E402
 from onnxslim.runtime import make_session, run_model  # noqa: E402
 
@@ -40,6 +43,8 @@ FEEDS = {
         "state": np.zeros((2, 1, 128), np.float32),
         "sr": np.array(16000, np.int64),
     },
+    "picodet-layout-cdla": {"image": RNG.uniform(-1, 1, (1, 3, 800, 608)).astype(np.float32)},
+    "lcnet-doc-orientation": {"x": RNG.uniform(-1, 1, (1, 3, 224, 224)).astype(np.float32)},
 }
 
 
@@ -62,7 +67,7 @@ def _max_rel_error(reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds
     return worst
 
 
-def measure(name: str, workdir: Path) -> list:
+def measure(name: str, workdir: Path, runs: int) -> list:
     """One table row for zoo model ``name``."""
     path = zoo.fetch(name)
     original = onnx.load(path)
@@ -77,18 +82,22 @@ def measure(name: str, workdir: Path) -> list:
     feeds = FEEDS[name]
     sim_nodes = len(alone.graph.node) if alone is not None else status
     sim_err = f"{_max_rel_error(original, alone, feeds):.1e}" if alone is not None else "-"
+    timed = side_by_side_runs([original, ours] + ([alone] if alone is not None else []), feeds, threads=1, runs=runs)
+    p50 = [float(np.median(t)) for t in timed]
+    sim_ratio = f"{p50[2] / p50[0]:.2f}x" if alone is not None else "-"
     return [name, len(original.graph.node), sim_nodes, len(ours.graph.node), f"{sim_s:.2f}", f"{ours_s:.2f}",
-            sim_err, f"{_max_rel_error(original, ours, feeds):.1e}"]
+            sim_err, f"{_max_rel_error(original, ours, feeds):.1e}", f"{p50[0]:.2f}", sim_ratio, f"{p50[1] / p50[0]:.2f}x"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", default=list(FEEDS))
+    parser.add_argument("--runs", type=int, default=30, help="timed rounds per model (default 30)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [measure(name, Path(tmp)) for name in args.names]
+        rows = [measure(name, Path(tmp), args.runs) for name in args.names]
     headers = ["model", "nodes", "onnxsim alone", "onnxslim simplify", "onnxsim s", "onnxslim s",
-               "onnxsim max rel err", "onnxslim max rel err"]
+               "onnxsim max rel err", "onnxslim max rel err", "original p50 ms", "onnxsim p50", "onnxslim p50"]
     print(markdown_table(headers, rows))
 
 

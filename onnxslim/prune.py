@@ -29,7 +29,7 @@ from passes._base import RunContext
 from passes._errors import UsageError
 from passes._graph import check_names
 from passes.prune import Analysis, PruneChannelsPass, PruneOptions, analyze, render_stats
-from passes.simplify import SimplifyPass
+from passes.simplify import SimplifyOptions, SimplifyPass
 
 #: ``progress(label, done, total)``: what a long stage has done so far.
 Progress = Callable[[str, int, int], None]
@@ -81,6 +81,10 @@ class PruneReport:
         return max(ok, key=lambda t: t.setting) if ok else None
 
 
+#: simplify as pruning was measured with (the grouping has not been checked on recomposed HardSwish)
+_SIMPLIFY = SimplifyOptions(recompose_hardswish=False)
+
+
 def _dataset(model: onnx.ModelProto, calib: str | os.PathLike[str] | Dataset | None, samples: int | None,
              skip_nonfinite: bool = False) -> Dataset | None:
     if calib is None:
@@ -93,7 +97,7 @@ def dry_run(input_path: str | os.PathLike[str], options: PruneOptions, *,
     """The channel groups of the simplified model and what ``options`` would remove."""
     model = load_model(input_path)
     check_names(model, nodes={"--exclude-node": options.exclude_nodes})
-    simplified = SimplifyPass().apply(model, RunContext()).model
+    simplified = SimplifyPass(_SIMPLIFY).apply(model, RunContext()).model
     return analyze(simplified, options, dataset=_dataset(model, calib, samples))
 
 
@@ -102,7 +106,7 @@ def _plan(options: PruneOptions, calib: str | os.PathLike[str] | Dataset | None,
     def plan(model: onnx.ModelProto) -> Plan:
         dataset = _dataset(model, calib, samples, flow.skip_nonfinite)
         notes = [] if dataset is None else [f"calibration: {len(dataset)} samples of {calib}"]
-        steps = [SimplifyPass(), PruneChannelsPass(options=options)]
+        steps = [SimplifyPass(_SIMPLIFY), PruneChannelsPass(options=options)]
         return Plan(steps, RunContext(dataset=dataset, progress=progress), verify_data=dataset, notes=notes,
                     must_change="prune")
 

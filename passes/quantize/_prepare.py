@@ -26,7 +26,7 @@ from onnx import version_converter
 
 from passes._base import EXACT, Pass, PassResult, RunContext, Tolerance
 from passes._graph import opset_version
-from passes.simplify import SimplifyPass
+from passes.simplify import SimplifyOptions, SimplifyPass
 
 __all__ = ["PrepareOptions", "PrepareForQuantizationPass", "PER_TENSOR_NOTE"]
 
@@ -93,7 +93,7 @@ class PrepareForQuantizationPass(Pass):
         stats: dict[str, Any] = {"nodes_before": len(model.graph.node), "opset_before": before}
         simplified = False
         if opts.simplify:
-            result = SimplifyPass().apply(work, ctx)
+            result = SimplifyPass(SimplifyOptions(recompose_hardswish=False)).apply(work, ctx)  # int8 policy unmeasured on it
             simplified, work = result.changed, result.model
         folded = _count(model, "BatchNormalization") - _count(work, "BatchNormalization")
         if simplified:

@@ -26,6 +26,10 @@ class SimplifyOptions:
         fold_batchnorm: fold BatchNormalization into a preceding Conv/ConvTranspose/Gemm.
         remove_identity: remove Identity nodes and inference-mode Dropout.
         dedup_initializers: merge initializers with identical contents.
+        recompose_hardswish: rewrite ``x * clip(x + 3, 0, 6) / 6`` as one HardSwish (or
+            ``x * HardSigmoid(x)`` below opset 14), the form onnxruntime fuses into its Conv
+            (:mod:`passes.simplify._hardswish`). Off in the passes that run simplify before
+            quantization and pruning: their policies have not been measured on the new form.
         onnxsim_size_limit_bytes: models whose proto is larger skip onnxsim (it serializes the
             whole model into one protobuf message, which cannot exceed 2 GiB).
     """
@@ -34,6 +38,7 @@ class SimplifyOptions:
     fold_batchnorm: bool = True
     remove_identity: bool = True
     dedup_initializers: bool = True
+    recompose_hardswish: bool = True
     onnxsim_size_limit_bytes: int = 2_000_000_000
 
 

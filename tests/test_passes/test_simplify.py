@@ -566,3 +566,64 @@ def test_model_over_size_limit_skips_onnxsim_only():
     result = _run(model, SimplifyOptions(onnxsim_size_limit_bytes=10))
     assert result.stats["onnxsim"].startswith("skipped: model is ")
     assert result.stats["identity_removed"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# HardSwish recomposition (paddle2onnx writes x * clip(x + 3, 0, 6) / 6)
+
+
+def _hardswish_model(*, opset: int, last: str = "div", swap: bool = False, clip_attrs: bool = False,
+                     shared: bool = False, three: float = 3.0) -> onnx.ModelProto:
+    rng = _rng()
+    inits = {"W": rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "three": np.array(three, np.float32),
+             "six": np.array(6.0, np.float32), "sixth": np.array(1 / 6, np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["three", "c"] if swap else ["c", "three"], ["a"], name="add")]
+    if clip_attrs:
+        nodes.append(helper.make_node("Clip", ["a"], ["k"], name="clip", min=0.0, max=6.0))
+    else:
+        inits.update(lo=np.array(0.0, np.float32), hi=np.array(6.0, np.float32))
+        nodes.append(helper.make_node("Clip", ["a", "lo", "hi"], ["k"], name="clip"))
+    nodes.append(helper.make_node("Mul", ["k", "c"] if swap else ["c", "k"], ["m"], name="mul"))
+    nodes.append(helper.make_node("Div", ["m", "six"], ["y"], name="div") if last == "div"
+                 else helper.make_node("Mul", ["m", "sixth"], ["y"], name="scale"))
+    outputs = [_float("y", [1, 4, 8, 8])] + ([_float("k", [1, 4, 8, 8])] if shared else [])
+    return _model(nodes, [_float("x", [1, 3, 8, 8])], outputs, inits, opset=opset)
+
+
+def _wide_feeds() -> dict[str, np.ndarray]:
+    return {"x": (4 * _rng().standard_normal((1, 3, 8, 8))).astype(np.float32)}  # both clip bounds reached
+
+
+@pytest.mark.parametrize(("opset", "last", "swap", "clip_attrs", "expected"), [
+    (13, "div", False, False, {"Conv": 1, "HardSigmoid": 1, "Mul": 1}),
+    (12, "mul", True, False, {"Conv": 1, "HardSigmoid": 1, "Mul": 1}),
+    (10, "div", True, True, {"Conv": 1, "HardSigmoid": 1, "Mul": 1}),
+    (14, "div", False, False, {"Conv": 1, "HardSwish": 1}),
+    (17, "mul", True, False, {"Conv": 1, "HardSwish": 1}),
+])
+def test_decomposed_hardswish_becomes_one_activation(opset, last, swap, clip_attrs, expected) -> None:
+    model = _hardswish_model(opset=opset, last=last, swap=swap, clip_attrs=clip_attrs)
+    feeds = _wide_feeds()
+    result = _run(model)
+    assert op_counts(result.model) == expected
+    assert result.stats["hardswish_recomposed"] == 1
+    assert [o.name for o in result.model.graph.output] == ["y"]
+    assert_equivalent(model, result.model, feeds, tol=EXACT)
+
+
+@pytest.mark.parametrize("kind", ["shared", "wrong constant"])
+def test_hardswish_lookalikes_are_left_alone(kind) -> None:
+    model = _hardswish_model(opset=13, shared=kind == "shared", three=2.5 if kind == "wrong constant" else 3.0)
+    result = _run(model)
+    assert result.stats["hardswish_recomposed"] == 0
+    assert op_counts(result.model)["Clip"] == 1
+    assert_equivalent(model, result.model, _wide_feeds(), tol=EXACT)
+    if kind == "shared":
+        assert result.stats["skipped: HardSwish pattern with a shared intermediate"] == 1
+
+
+def test_hardswish_recomposition_can_be_turned_off() -> None:
+    model = _hardswish_model(opset=13)
+    result = _run(model, SimplifyOptions(use_onnxsim=False, recompose_hardswish=False))
+    assert op_counts(result.model)["Clip"] == 1 and result.stats["hardswish_recomposed"] == 0
