@@ -28,8 +28,8 @@ class SimplifyOptions:
         dedup_initializers: merge initializers with identical contents.
         recompose_hardswish: rewrite ``x * clip(x + 3, 0, 6) / 6`` as one HardSwish (or
             ``x * HardSigmoid(x)`` below opset 14), the form onnxruntime fuses into its Conv
-            (:mod:`passes.simplify._hardswish`). Off in the passes that run simplify before
-            quantization and pruning: their policies have not been measured on the new form.
+            (:mod:`passes.simplify._hardswish`). Off where simplify runs before pruning: the
+            pruning groups were measured on the exported form.
         onnxsim_size_limit_bytes: models whose proto is larger skip onnxsim (it serializes the
             whole model into one protobuf message, which cannot exceed 2 GiB).
     """

@@ -121,3 +121,25 @@ def test_dynamic_quantization_refuses_when_the_upgrade_fails(monkeypatch):
     with pytest.raises(PreconditionError, match=r"need opset 11, and opset 10 could not be upgraded to 11 "
                                                 r"\(no adapter for MatMul\)"):
         QuantizeDynamicPass().apply(model, RunContext())
+
+
+def test_decomposed_hardswish_is_one_activation_before_quantization():
+    """paddle2onnx's x * clip(x + 3, 0, 6) / 6 after a Conv becomes x * HardSigmoid(x) (opset 13),
+    the self-gate the int8 policy keeps float in one piece (rule (g))."""
+    rng = np.random.default_rng(0)
+    consts = {"W": (rng.standard_normal((4, 3, 3, 3)) * 0.5).astype(np.float32), "three": np.array(3.0, np.float32),
+              "zero": np.array(0.0, np.float32), "six": np.array(6.0, np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c", "three"], ["a"], name="add"),
+             helper.make_node("Clip", ["a", "zero", "six"], ["k"], name="clip"),
+             helper.make_node("Mul", ["c", "k"], ["m"], name="mul"),
+             helper.make_node("Div", ["m", "six"], ["y"], name="div")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, [1, 3, 6, 6])],
+                              [helper.make_tensor_value_info("y", F, [1, 4, 6, 6])],
+                              [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    model.ir_version = 7
+    out = PrepareForQuantizationPass().apply(model, RunContext()).model
+    assert op_counts(out) == {"Conv": 1, "HardSigmoid": 1, "Mul": 1}
+    feeds = {"x": (3 * rng.standard_normal((1, 3, 6, 6))).astype(np.float32)}
+    assert_equivalent(model, out, feeds, tol=EXACT)
