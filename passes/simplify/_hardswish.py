@@ -11,8 +11,9 @@ into the preceding NCHWc convolution. Measured 2026-12-03 (1 thread, side by sid
 Equal in real arithmetic: ``clip(x + 3, 0, 6) / 6 = max(0, min(1, x / 6 + 1/2))``; only float
 rounding differs. Matched: ``Add(x, 3)`` (either operand order), ``Clip`` to [0, 6] (bounds as
 inputs, or as attributes before opset 11), ``Mul`` of that with the same ``x`` (either order),
-then ``Div`` by 6 or ``Mul`` by 1/6 (scalar constants). Every intermediate must be read by the
-next node only and be no graph output; the last node's output name is kept.
+then ``Div`` by 6 or ``Mul`` by 1/6 (scalar constants; an initializer that is also a graph input
+can be overridden, so it is no constant). Every intermediate must be read by the next node only
+(reads by subgraphs count) and be no graph output; the last node's output name is kept.
 """
 
 from __future__ import annotations
@@ -21,99 +22,83 @@ import collections
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
+from passes._graph import GraphIndex, is_onnx_domain, remove_nodes
 from passes.simplify._common import skip
 
 __all__ = ["recompose_hardswish"]
 
 
-def _scalars(graph: onnx.GraphProto) -> dict[str, float]:
-    """Single-element constants by tensor name (initializers and ``Constant`` nodes)."""
-    out: dict[str, float] = {}
-    for init in graph.initializer:
-        if int(np.prod(init.dims)) == 1:
-            out[init.name] = float(numpy_helper.to_array(init).reshape(-1)[0])
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            value = numpy_helper.to_array(node.attribute[0].t)
-            if value.size == 1:
-                out[node.output[0]] = float(value.reshape(-1)[0])
-    return out
+def _scalar(index: GraphIndex, name: str) -> float | None:
+    """``name``'s value when it is a one-element constant (see :meth:`GraphIndex.constant`)."""
+    value = index.constant(name)
+    return None if value is None or value.size != 1 else float(np.asarray(value).reshape(-1)[0])
 
 
 def _close(value: float | None, target: float) -> bool:
     return value is not None and abs(value - target) <= 1e-6 * max(1.0, abs(target))
 
 
-def _clip_bounds(node: onnx.NodeProto, scalars: dict[str, float]) -> tuple[float | None, float | None]:
+def _clip_bounds(node: onnx.NodeProto, index: GraphIndex) -> tuple[float | None, float | None]:
     attrs = {a.name: a.f for a in node.attribute if a.name in ("min", "max")}
     if attrs:
         return attrs.get("min"), attrs.get("max")
-    lo = scalars.get(node.input[1]) if len(node.input) > 1 and node.input[1] else None
-    hi = scalars.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-    return lo, hi
+    inputs = list(node.input) + ["", ""]
+    return _scalar(index, inputs[1]), _scalar(index, inputs[2])
+
+
+def _match(last: onnx.NodeProto, index: GraphIndex) -> tuple[str, onnx.NodeProto, onnx.NodeProto, onnx.NodeProto] | None:
+    """``(x, add, clip, mul)`` when ``last`` ends ``x * clip(x + 3, 0, 6) / 6``."""
+    if not is_onnx_domain(last) or len(last.input) != 2:
+        return None
+    if not ((last.op_type == "Div" and _close(_scalar(index, last.input[1]), 6.0))
+            or (last.op_type == "Mul" and _close(_scalar(index, last.input[1]), 1 / 6))):
+        return None
+    mul = index.producer.get(last.input[0])
+    if mul is None or mul.op_type != "Mul" or not is_onnx_domain(mul) or len(mul.input) != 2:
+        return None
+    for x_at in (0, 1):
+        x, clip = mul.input[x_at], index.producer.get(mul.input[1 - x_at])
+        if clip is None or clip.op_type != "Clip" or not is_onnx_domain(clip):
+            continue
+        add = index.producer.get(clip.input[0])
+        if add is None or add.op_type != "Add" or not is_onnx_domain(add) or x not in add.input:
+            continue
+        three = add.input[1] if add.input[0] == x else add.input[0]
+        lo, hi = _clip_bounds(clip, index)
+        if _close(_scalar(index, three), 3.0) and _close(lo, 0.0) and _close(hi, 6.0):
+            return x, add, clip, mul
+    return None
 
 
 def recompose_hardswish(graph: onnx.GraphProto, opset: int, skips: collections.Counter[str]) -> int:
-    """Rewrite every decomposed HardSwish in ``graph`` (top level) in place; the number rewritten."""
-    scalars = _scalars(graph)
-    producer = {o: n for n in graph.node for o in n.output}
-    readers: dict[str, int] = collections.Counter(i for n in graph.node for i in n.input)
-    for node in graph.node:  # reads by subgraphs count
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                readers.update(i for n in sub.node for i in n.input)
-    outputs = {o.name for o in graph.output}
+    """Rewrite every decomposed HardSwish in ``graph`` (top level) in place; the number rewritten.
 
-    def private(tensor: str) -> bool:
-        return readers.get(tensor, 0) == 1 and tensor not in outputs
-
-    replaced: dict[int, list[onnx.NodeProto]] = {}
-    dropped: set[int] = set()
-    for last in graph.node:
-        if last.domain not in ("", "ai.onnx") or len(last.input) != 2:
+    The pattern's own nodes are reused, so no name is made up: below opset 14 the Clip becomes
+    ``HardSigmoid(x)`` (its output is private to the pattern) and the last node ``Mul(x, that)``;
+    from 14 the last node becomes ``HardSwish(x)``. Add, the inner Mul (and from 14 the Clip) go.
+    """
+    index = GraphIndex.build(graph)
+    doomed: list[onnx.NodeProto] = []
+    taken: set[int] = set()
+    for last in list(graph.node):
+        found = _match(last, index)
+        if found is None:
             continue
-        if not ((last.op_type == "Div" and _close(scalars.get(last.input[1]), 6.0))
-                or (last.op_type == "Mul" and _close(scalars.get(last.input[1]), 1 / 6))):
+        x, add, clip, mul = found
+        if any(index.use_count(n.output[0]) != 1 for n in (add, clip, mul)):
+            skip(skips, "HardSwish pattern with a shared intermediate", last)
             continue
-        mul = producer.get(last.input[0])
-        if mul is None or mul.op_type != "Mul" or len(mul.input) != 2:
+        if any(id(n) in taken for n in (add, clip, mul, last)):
             continue
-        for x_at in (0, 1):
-            x, clip = mul.input[x_at], producer.get(mul.input[1 - x_at])
-            if clip is None or clip.op_type != "Clip":
-                continue
-            add = producer.get(clip.input[0])
-            if add is None or add.op_type != "Add" or x not in add.input:
-                continue
-            three = add.input[1] if add.input[0] == x else add.input[0]
-            lo, hi = _clip_bounds(clip, scalars)
-            if not (_close(scalars.get(three), 3.0) and _close(lo, 0.0) and _close(hi, 6.0)):
-                continue
-            if not all(private(t) for t in (add.output[0], clip.output[0], mul.output[0])):
-                skip(skips, "HardSwish pattern with a shared intermediate", last)
-                break
-            if any(id(n) in dropped or id(n) in replaced for n in (add, clip, mul, last)):
-                break
-            name = last.name or last.output[0]
-            if opset >= 14:
-                new = [helper.make_node("HardSwish", [x], [last.output[0]], name=f"{name}/hardswish")]
-            else:
-                gate = f"{name}/hardsigmoid_out"
-                new = [helper.make_node("HardSigmoid", [x], [gate], name=f"{name}/hardsigmoid", alpha=1 / 6, beta=0.5),
-                       helper.make_node("Mul", [x, gate], [last.output[0]], name=f"{name}/hardswish")]
-            replaced[id(last)] = new
-            dropped.update((id(add), id(clip), id(mul)))
-            break
-    if not replaced:
-        return 0
-    kept: list[onnx.NodeProto] = []
-    for node in graph.node:
-        if id(node) in replaced:
-            kept.extend(replaced[id(node)])
-        elif id(node) not in dropped:
-            kept.append(node)
-    del graph.node[:]
-    graph.node.extend(kept)
-    return len(replaced)
+        taken.update(id(n) for n in (add, clip, mul, last))
+        if opset >= 14:
+            last.CopyFrom(helper.make_node("HardSwish", [x], [last.output[0]], name=last.name))
+            doomed += [add, clip, mul]
+        else:
+            clip.CopyFrom(helper.make_node("HardSigmoid", [x], [clip.output[0]], name=clip.name, alpha=1 / 6, beta=0.5))
+            last.CopyFrom(helper.make_node("Mul", [x, clip.output[0]], [last.output[0]], name=last.name))
+            doomed += [add, mul]
+    remove_nodes(graph, doomed)
+    return len(taken) // 4

@@ -573,7 +573,7 @@ def test_model_over_size_limit_skips_onnxsim_only():
 
 
 def _hardswish_model(*, opset: int, last: str = "div", swap: bool = False, clip_attrs: bool = False,
-                     shared: bool = False, three: float = 3.0) -> onnx.ModelProto:
+                     shared: bool = False, three: float = 3.0, overridable: bool = False) -> onnx.ModelProto:
     rng = _rng()
     inits = {"W": rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "three": np.array(three, np.float32),
              "six": np.array(6.0, np.float32), "sixth": np.array(1 / 6, np.float32)}
@@ -588,7 +588,8 @@ def _hardswish_model(*, opset: int, last: str = "div", swap: bool = False, clip_
     nodes.append(helper.make_node("Div", ["m", "six"], ["y"], name="div") if last == "div"
                  else helper.make_node("Mul", ["m", "sixth"], ["y"], name="scale"))
     outputs = [_float("y", [1, 4, 8, 8])] + ([_float("k", [1, 4, 8, 8])] if shared else [])
-    return _model(nodes, [_float("x", [1, 3, 8, 8])], outputs, inits, opset=opset)
+    inputs = [_float("x", [1, 3, 8, 8])] + ([_float("three", [])] if overridable else [])
+    return _model(nodes, inputs, outputs, inits, opset=opset)
 
 
 def _wide_feeds() -> dict[str, np.ndarray]:
@@ -612,9 +613,10 @@ def test_decomposed_hardswish_becomes_one_activation(opset, last, swap, clip_att
     assert_equivalent(model, result.model, feeds, tol=EXACT)
 
 
-@pytest.mark.parametrize("kind", ["shared", "wrong constant"])
+@pytest.mark.parametrize("kind", ["shared", "wrong constant", "overridable constant"])
 def test_hardswish_lookalikes_are_left_alone(kind) -> None:
-    model = _hardswish_model(opset=13, shared=kind == "shared", three=2.5 if kind == "wrong constant" else 3.0)
+    model = _hardswish_model(opset=13, shared=kind == "shared", three=2.5 if kind == "wrong constant" else 3.0,
+                             overridable=kind == "overridable constant")
     result = _run(model)
     assert result.stats["hardswish_recomposed"] == 0
     assert op_counts(result.model)["Clip"] == 1
